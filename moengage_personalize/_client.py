@@ -1,0 +1,412 @@
+"""The public facade: validates arguments, runs the blocking core on an executor, returns Futures.
+
+Lifecycle: OPEN -> CLOSED (``close()`` is idempotent). A Future returned by this class always
+completes: with a result, or with a :class:`PersonalizeError` no later than its deadline.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from typing import Any, TypeVar
+
+import requests
+
+from ._config import PersonalizeConfig, User, coerce_user
+from ._core import Core
+from ._models import ExperienceCampaignsMetadata, ExperienceCampaignsResult, ExperienceStatus
+from ._transport import Transport, base_url_for
+from .exceptions import (
+    ClientClosedError,
+    DeadlineExceededError,
+    ErrorCode,
+    PersonalizeError,
+    SDKDisabledError,
+)
+
+__all__ = ["MoEngagePersonalize"]
+
+T = TypeVar("T")
+
+RESERVED_ATTRIBUTES = frozenset({"identifiers", "experience_key"})
+_WEEKDAYS = frozenset(
+    {"Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"}
+)
+_HOURS = frozenset(f"{h:02d}" for h in range(24))
+_STATUS_VALUES = {s.value: s for s in ExperienceStatus}
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def _settle(future: Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    """Complete ``future`` unless something (the deadline, close) already did."""
+    try:
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass
+
+
+class _Deadlines:
+    """One thread that fails Futures whose deadline passed (``requests`` cannot bound DNS look-ups
+    or a trickling body, so the deadline completes the Future itself)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Future[Any], str]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def add(self, deadline: float, future: Future[Any], message: str) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="moengage-personalize-deadline", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._heap, (deadline, next(self._seq), future, message))
+            if self._heap[0][2] is future:
+                self._cond.notify()
+
+    def pending(self) -> list[Future[Any]]:
+        with self._cond:
+            return [item[2] for item in self._heap if not item[2].done()]
+
+    def stop(self, timeout: float) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        expired: list[tuple[Future[Any], str]] = []
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    now = time.monotonic()
+                    while self._heap and (self._heap[0][0] <= now or self._heap[0][2].done()):
+                        _, _, future, message = heapq.heappop(self._heap)
+                        if not future.done():
+                            expired.append((future, message))
+                    if expired:
+                        break
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                if self._stopped:
+                    return
+            for future, message in expired:  # callbacks run outside the lock
+                _settle(future, error=DeadlineExceededError(message))
+            expired.clear()
+
+
+def _check_attributes(attributes: Mapping[str, str] | None) -> dict[str, str]:
+    if attributes is None:
+        return {}
+    if not isinstance(attributes, Mapping):
+        raise TypeError(f"attributes must be a mapping of str to str, not {attributes!r}")
+    out: dict[str, str] = {}
+    for name, value in attributes.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"attributes keys must be non-empty str, got {name!r}")
+        if name in RESERVED_ATTRIBUTES:
+            raise ValueError(
+                f"attributes[{name!r}] is reserved (the SDK sets {sorted(RESERVED_ATTRIBUTES)})"
+            )
+        if not isinstance(value, str):
+            raise TypeError(
+                f"attributes[{name!r}] must be a str (in-session attributes are strings), "
+                f"not {type(value).__name__}"
+            )
+        out[name] = value
+    day = out.get("DAY_OF_THE_WEEK")
+    if day is not None and day not in _WEEKDAYS:
+        raise ValueError(f"attributes['DAY_OF_THE_WEEK'] must be a day such as 'Monday', got {day!r}")
+    hour = out.get("TIME_OF_THE_DAY")
+    if hour is not None and hour not in _HOURS:
+        raise ValueError(f"attributes['TIME_OF_THE_DAY'] must be a UTC hour '00'..'23', got {hour!r}")
+    return out
+
+
+def _check_key(key: object, name: str) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"{name} must be a str, not {type(key).__name__}")
+    if not key or key.strip() != key:
+        raise ValueError(f"{name} must be a non-empty key without surrounding spaces, got {key!r}")
+    return key
+
+
+def _check_keys(keys: Iterable[str]) -> list[str]:
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+        raise TypeError(f"experience_keys must be a list of str, not {type(keys).__name__}")
+    checked = [_check_key(k, f"experience_keys[{i}]") for i, k in enumerate(keys)]
+    if not checked:
+        raise ValueError("experience_keys must not be empty")
+    return checked
+
+
+def _check_statuses(statuses: Iterable[ExperienceStatus | str] | None) -> frozenset[ExperienceStatus]:
+    if statuses is None:
+        return frozenset(ExperienceStatus)
+    if isinstance(statuses, (str, ExperienceStatus)) or not isinstance(statuses, Iterable):
+        raise TypeError(f"statuses must be a list of ExperienceStatus, not {statuses!r}")
+    out: set[ExperienceStatus] = set()
+    for item in statuses:
+        if isinstance(item, ExperienceStatus):
+            out.add(item)
+        elif isinstance(item, str) and item.lower() in _STATUS_VALUES:
+            out.add(_STATUS_VALUES[item.lower()])
+        else:
+            raise ValueError(
+                f"statuses items must be ExperienceStatus ('active', 'paused', 'scheduled'), "
+                f"got {item!r}"
+            )
+    if not out:
+        raise ValueError("statuses must not be empty (pass None for every status)")
+    return frozenset(out)
+
+
+def _check_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be seconds (int or float), not {timeout!r}")
+    if not math.isfinite(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a finite number >= 0, got {timeout!r}")
+    return float(timeout)
+
+
+class MoEngagePersonalize:
+    """A MoEngage Personalize client: fetch experiences for users, as Futures.
+
+    ``app_id`` is the workspace ID, ``api_key`` the Personalize API key (never shown in a repr, a
+    log line or an error). ``data_center`` ("01".."06", "101") picks
+    ``https://sdk-{dc}.moengage.com/v1``; ``base_url`` overrides it (the full prefix with ``/v1``;
+    plain http only to loopback unless ``config.allow_insecure_http``).
+
+    **Threads.** One client serves a whole process: share it between threads. Calls run on
+    ``executor`` (by default a ``ThreadPoolExecutor`` of ``config.max_workers`` threads named
+    ``moengage-personalize_N``, which :meth:`close` shuts down; an injected executor stays yours).
+    ``requests.Session`` is not documented as thread-safe, so the client reads an injected
+    ``session`` once, at construction (headers, proxies, ``verify``, ``cert``, the adapter mounted for
+    the base URL), then only uses that adapter's connection pool, which is thread-safe; the pool of
+    the session the client creates is sized to ``max_workers``. Session hooks, cookies and auth are
+    not used.
+
+    **Futures.** Every fetch returns a :class:`concurrent.futures.Future` that completes with the
+    result or a :class:`PersonalizeError` within ``config.timeout``. ``add_done_callback`` callbacks
+    run on the thread that completes the Future: a worker thread, the client's deadline thread when
+    the deadline passes, or the calling thread if the Future is already complete. Keep them short,
+    never call ``.result()`` of another SDK Future inside one, and note that an exception raised in
+    a callback is logged by ``concurrent.futures`` and otherwise ignored.
+    """
+
+    def __init__(
+        self,
+        app_id: str,
+        *,
+        api_key: str,
+        data_center: str = "01",
+        base_url: str | None = None,
+        config: PersonalizeConfig | None = None,
+        session: requests.Session | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        if not isinstance(app_id, str) or not app_id.strip():
+            raise ValueError("app_id must be the workspace ID, a non-empty str")
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ValueError("api_key must be a non-empty str")
+        if config is None:
+            config = PersonalizeConfig()
+        elif not isinstance(config, PersonalizeConfig):
+            raise TypeError(f"config must be a PersonalizeConfig, not {type(config).__name__}")
+        if session is not None and not isinstance(session, requests.Session):
+            raise TypeError(f"session must be a requests.Session, not {type(session).__name__}")
+        if executor is not None and not isinstance(executor, Executor):
+            raise TypeError(f"executor must be a concurrent.futures.Executor, not {executor!r}")
+        url = base_url_for(data_center, base_url, allow_insecure_http=config.allow_insecure_http)
+        self._app_id = app_id
+        self._config = config
+        self._transport = Transport(url, app_id, api_key, config, session)
+        self._core = Core(self._transport, config)
+        self._owns_executor = executor is None
+        self._executor: Executor = executor or ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="moengage-personalize"
+        )
+        self._deadlines = _Deadlines()
+        self._lock = threading.Lock()
+        self._state = _State.OPEN
+
+    # introspection -------------------------------------------------------------------------
+
+    @property
+    def app_id(self) -> str:
+        """The workspace ID."""
+        return self._app_id
+
+    @property
+    def base_url(self) -> str:
+        """The API prefix in use (ends in ``/v1``)."""
+        return self._transport.base_url
+
+    @property
+    def config(self) -> PersonalizeConfig:
+        """The client's configuration."""
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._state is _State.CLOSED
+
+    def __repr__(self) -> str:
+        return (
+            f"<MoEngagePersonalize app_id={self._app_id!r} base_url={self.base_url!r} "
+            f"state={self._state.value}>"
+        )
+
+    # fetches -------------------------------------------------------------------------------
+
+    def fetch_experiences_meta(
+        self, statuses: Iterable[ExperienceStatus | str] | None = None
+    ) -> Future[ExperienceCampaignsMetadata]:
+        """The workspace's experiences with one of ``statuses`` (all when ``None``).
+
+        The full list is cached for ``config.meta_ttl`` and shared by concurrent callers; results
+        served from it say ``source=CACHE``. [Flutter: ``fetchExperiencesMeta``]
+        """
+        wanted = _check_statuses(statuses)
+        return self._submit("fetching metadata", self._core.fetch_meta, wanted)
+
+    def fetch_experience(
+        self,
+        experience_key: str,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        user: User | str | None = None,
+    ) -> Future[ExperienceCampaignsResult]:
+        """One experience for ``user`` (a :class:`User`, a customer id, or ``None`` for anonymous).
+
+        ``attributes`` are the in-session attributes of this request (``current_page``,
+        ``cart_value``, ``utm_*`` ...), all strings. [Flutter: ``fetchExperience``]
+        """
+        key = _check_key(experience_key, "experience_key")
+        return self._fetch([key], attributes, user)
+
+    def fetch_experiences(
+        self,
+        experience_keys: Iterable[str],
+        *,
+        attributes: Mapping[str, str] | None = None,
+        user: User | str | None = None,
+    ) -> Future[ExperienceCampaignsResult]:
+        """Several experiences in one request (at most 25; the rest fail ``MAX_LIMIT_BREACHED``).
+
+        Keys not in the metadata fail ``INVALID_EXPERIENCE_KEY``, paused or scheduled ones
+        ``EXPERIENCE_NOT_ACTIVE``, those the service did not serve ``USER_NOT_IN_SEGMENT``;
+        campaigns come in request order, duplicates once. [Flutter: ``fetchExperiences``]
+        """
+        return self._fetch(_check_keys(experience_keys), attributes, user)
+
+    def _fetch(
+        self, keys: list[str], attributes: Mapping[str, str] | None, user: User | str | None
+    ) -> Future[ExperienceCampaignsResult]:
+        attrs_ = _check_attributes(attributes)
+        who = coerce_user(user)
+        return self._submit("fetching experiences", self._core.fetch, keys, attrs_, who)
+
+    def _submit(self, what: str, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        if self._state is not _State.OPEN:
+            future.set_exception(ClientClosedError(f"{what}: the client is closed"))
+            return future
+        if not self._config.enabled:
+            future.set_exception(SDKDisabledError(f"{what}: the client was built disabled"))
+            return future
+        deadline = time.monotonic() + self._config.timeout
+        self._deadlines.add(
+            deadline,
+            future,
+            f"{what} did not complete within its deadline of {self._config.timeout:g} s "
+            "(config.timeout)",
+        )
+        try:
+            self._executor.submit(self._run, future, fn, args, deadline)
+        except RuntimeError as exc:  # executor shut down, or interpreter shutting down
+            _settle(future, error=ClientClosedError(f"{what}: cannot run: {exc}"))
+        return future
+
+    @staticmethod
+    def _run(future: Future[T], fn: Callable[..., T], args: tuple[Any, ...], deadline: float) -> None:
+        try:
+            if not future.set_running_or_notify_cancel():
+                return  # cancelled by the caller while queued
+        except RuntimeError:
+            return  # already failed (deadline passed or client closed) while queued
+        try:
+            result = fn(*args, deadline)
+        except PersonalizeError as exc:
+            _settle(future, error=exc)
+        except BaseException as exc:  # never let a foreign exception out of a Future
+            error = PersonalizeError(
+                f"unexpected {type(exc).__name__}: {exc}", code=ErrorCode.UNKNOWN
+            )
+            error.__cause__ = exc
+            _settle(future, error=error)
+        else:
+            _settle(future, result=result)
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the client: new calls fail ``SDK_NOT_INITIALIZED``; queued calls fail the same way;
+        calls in flight get up to ``timeout`` seconds to finish. Idempotent; shuts down only an
+        executor the client created."""
+        timeout = _check_timeout(timeout)
+        with self._lock:
+            if self._state is _State.CLOSED:
+                return
+            self._state = _State.CLOSED
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        pending = self._deadlines.pending()
+        for future in pending:
+            if not future.running():
+                _settle(future, error=ClientClosedError("the client was closed before the call ran"))
+        wait_futures(pending, timeout=timeout)
+        for future in pending:
+            _settle(future, error=ClientClosedError("the client was closed while the call ran"))
+        self._deadlines.stop(timeout=1.0)
+        self._transport.close()
+
+    def __enter__(self) -> MoEngagePersonalize:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", _State.CLOSED) is _State.OPEN:
+            warnings.warn(
+                f"{self!r} was never closed; call close() or use it as a context manager",
+                ResourceWarning,
+                stacklevel=2,
+            )
+            try:
+                if self._owns_executor:
+                    self._executor.shutdown(wait=False, cancel_futures=True)
+                self._deadlines.stop(timeout=0)
+            except Exception:  # noqa: S110 - best effort at garbage collection
+                pass

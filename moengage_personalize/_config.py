@@ -1,0 +1,204 @@
+"""Configuration value objects: frozen, keyword-only, validated at construction.
+
+Copy with changes through :func:`attrs.evolve`. Durations accept seconds (``int``/``float``) or a
+:class:`datetime.timedelta`; negative or non-finite durations are refused naming the option.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["PersonalizeConfig", "RetryPolicy", "User"]
+
+_MAX_TZ_OFFSET = 54_000  # seconds; the events API's documented bound
+
+
+def _duration(value: float | dt.timedelta, name: str, *, allow_zero: bool = True) -> float:
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(f"{name} must be seconds (int or float) or a timedelta, not {value!r}")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite duration {bound} seconds, got {value!r}")
+    return seconds
+
+
+def _duration_field(name: str, default: float, *, allow_zero: bool = True) -> Any:
+    return attrs.field(
+        default=default,
+        converter=lambda v: _duration(v, name, allow_zero=allow_zero),
+    )
+
+
+def _positive_int(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_inst: Any, _attr: Any, value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, not {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+
+    return check
+
+
+def _bool(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_inst: Any, _attr: Any, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, not {value!r}")
+
+    return check
+
+
+def _default_workers() -> int:
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How failed requests are retried: connection errors, timeouts, 429 and 5xx; never other 4xx.
+
+    Backoff is exponential from ``initial_backoff`` up to ``max_backoff``, with jitter. A 429's
+    ``Retry-After`` (or ``x-ratelimit-reset``) is honoured up to ``max_retry_after``. A wait longer
+    than what is left of the call's deadline is not waited: the call fails at once.
+    """
+
+    max_attempts: int = attrs.field(default=3, validator=_positive_int("retry.max_attempts"))
+    initial_backoff: float = _duration_field("retry.initial_backoff", 0.1)
+    max_backoff: float = _duration_field("retry.max_backoff", 1.0)
+    jitter: bool = attrs.field(default=True, validator=_bool("retry.jitter"))
+    max_retry_after: float = _duration_field("retry.max_retry_after", 30.0)
+
+
+def _retry_policy(value: Any) -> RetryPolicy:
+    if not isinstance(value, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy, not {value!r}")
+    return value
+
+
+def _workers(value: Any) -> int:
+    if value is None:
+        return _default_workers()
+    _positive_int("max_workers")(None, None, value)
+    return int(value)
+
+
+def _callable(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_inst: Any, _attr: Any, value: Any) -> None:
+        if not callable(value):
+            raise TypeError(f"{name} must be callable, not {value!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class PersonalizeConfig:
+    """Options of a :class:`~moengage_personalize.MoEngagePersonalize` client (see the README table).
+
+    ``clock`` (monotonic seconds, for cache TTLs) and ``sleep`` (retry backoff) are injectable so
+    tests of code that uses the SDK never really wait.
+    """
+
+    timeout: float = _duration_field("timeout", 3.0, allow_zero=False)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, converter=_retry_policy)
+    max_workers: int = attrs.field(default=None, converter=_workers)
+    meta_ttl: float = _duration_field("meta_ttl", 900.0)
+    max_response_bytes: int = attrs.field(
+        default=10 * 1024 * 1024, validator=_positive_int("max_response_bytes")
+    )
+    enabled: bool = attrs.field(default=True, validator=_bool("enabled"))
+    allow_insecure_http: bool = attrs.field(default=False, validator=_bool("allow_insecure_http"))
+    clock: Callable[[], float] = attrs.field(
+        default=time.monotonic, validator=_callable("clock"), repr=False, eq=False
+    )
+    sleep: Callable[[float], None] = attrs.field(
+        default=time.sleep, validator=_callable("sleep"), repr=False, eq=False
+    )
+
+
+def _optional_str(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_inst: Any, _attr: Any, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+        if not value:
+            raise ValueError(f"{name} must not be empty")
+
+    return check
+
+
+def _identifiers(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"user.user_identifiers must be a mapping of str to str, not {value!r}")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"user.user_identifiers keys must be non-empty str, got {key!r}")
+        if not isinstance(item, str):
+            raise TypeError(
+                f"user.user_identifiers[{key!r}] must be a str, not {type(item).__name__}"
+            )
+        out[key] = item
+    return out or None
+
+
+def _tz_offset(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+        if seconds != int(seconds):
+            raise ValueError(f"user.timezone_offset must be whole seconds, got {value!r}")
+        value = int(seconds)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"user.timezone_offset must be int seconds or a timedelta, not {value!r}")
+    if not -_MAX_TZ_OFFSET <= value <= _MAX_TZ_OFFSET:
+        raise ValueError(
+            f"user.timezone_offset must be within ±{_MAX_TZ_OFFSET} seconds, got {value!r}"
+        )
+    return value
+
+
+@attrs.frozen
+class User:
+    """The user a call is made for. Omit for an anonymous visitor ("All Users" experiences only).
+
+    ``customer_id`` is the primary identity; ``user_identifiers`` (e.g. ``{"u_em": email}``) the
+    fallback identities of Identity Resolution; ``ip_address`` and ``user_agent`` are sent as
+    ``USER_IP_ADDRESS`` / ``USER_AGENT``; ``timezone_offset`` is in seconds (events use it).
+    """
+
+    customer_id: str | None = attrs.field(default=None, validator=_optional_str("user.customer_id"))
+    user_identifiers: dict[str, str] | None = attrs.field(
+        default=None, converter=_identifiers, hash=False
+    )
+    ip_address: str | None = attrs.field(default=None, validator=_optional_str("user.ip_address"))
+    user_agent: str | None = attrs.field(default=None, validator=_optional_str("user.user_agent"))
+    timezone_offset: int | None = attrs.field(default=None, converter=_tz_offset)
+
+    @property
+    def is_anonymous(self) -> bool:
+        """True when the user carries no identity (no customer id, no user identifiers)."""
+        return self.customer_id is None and self.user_identifiers is None
+
+
+def coerce_user(value: User | str | None) -> User | None:
+    """Turn the ``user=`` argument into a :class:`User` (a ``str`` is the customer id)."""
+    if value is None or isinstance(value, User):
+        return value
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("user must not be an empty string")
+        return User(customer_id=value)
+    raise TypeError(f"user must be a User, a customer id str or None, not {type(value).__name__}")
