@@ -135,10 +135,14 @@ def _check_attributes(attributes: Mapping[str, str] | None) -> dict[str, str]:
         out[name] = value
     day = out.get("DAY_OF_THE_WEEK")
     if day is not None and day not in _WEEKDAYS:
-        raise ValueError(f"attributes['DAY_OF_THE_WEEK'] must be a day such as 'Monday', got {day!r}")
+        raise ValueError(
+            f"attributes['DAY_OF_THE_WEEK'] must be a day such as 'Monday', got {day!r}"
+        )
     hour = out.get("TIME_OF_THE_DAY")
     if hour is not None and hour not in _HOURS:
-        raise ValueError(f"attributes['TIME_OF_THE_DAY'] must be a UTC hour '00'..'23', got {hour!r}")
+        raise ValueError(
+            f"attributes['TIME_OF_THE_DAY'] must be a UTC hour '00'..'23', got {hour!r}"
+        )
     return out
 
 
@@ -159,7 +163,9 @@ def _check_keys(keys: Iterable[str]) -> list[str]:
     return checked
 
 
-def _check_statuses(statuses: Iterable[ExperienceStatus | str] | None) -> frozenset[ExperienceStatus]:
+def _check_statuses(
+    statuses: Iterable[ExperienceStatus | str] | None,
+) -> frozenset[ExperienceStatus]:
     if statuses is None:
         return frozenset(ExperienceStatus)
     if isinstance(statuses, (str, ExperienceStatus)) or not isinstance(statuses, Iterable):
@@ -200,10 +206,10 @@ class MoEngagePersonalize:
     ``executor`` (by default a ``ThreadPoolExecutor`` of ``config.max_workers`` threads named
     ``moengage-personalize_N``, which :meth:`close` shuts down; an injected executor stays yours).
     ``requests.Session`` is not documented as thread-safe, so the client reads an injected
-    ``session`` once, at construction (headers, proxies, ``verify``, ``cert``, the adapter mounted for
-    the base URL), then only uses that adapter's connection pool, which is thread-safe; the pool of
-    the session the client creates is sized to ``max_workers``. Session hooks, cookies and auth are
-    not used.
+    ``session`` once, at construction (headers, proxies, ``verify``, ``cert``, the adapter
+    mounted for the base URL), then only uses that adapter's connection pool, which is
+    thread-safe; the pool of the session the client creates is sized to ``max_workers``. Session
+    hooks, cookies and auth are not used.
 
     **Futures.** Every fetch returns a :class:`concurrent.futures.Future` that completes with the
     result or a :class:`PersonalizeError` within ``config.timeout``. ``add_done_callback`` callbacks
@@ -349,7 +355,9 @@ class MoEngagePersonalize:
         return future
 
     @staticmethod
-    def _run(future: Future[T], fn: Callable[..., T], args: tuple[Any, ...], deadline: float) -> None:
+    def _run(
+        future: Future[T], fn: Callable[..., T], args: tuple[Any, ...], deadline: float
+    ) -> None:
         try:
             if not future.set_running_or_notify_cancel():
                 return  # cancelled by the caller while queued
@@ -384,7 +392,9 @@ class MoEngagePersonalize:
         pending = self._deadlines.pending()
         for future in pending:
             if not future.running():
-                _settle(future, error=ClientClosedError("the client was closed before the call ran"))
+                _settle(
+                    future, error=ClientClosedError("the client was closed before the call ran")
+                )
         wait_futures(pending, timeout=timeout)
         for future in pending:
             _settle(future, error=ClientClosedError("the client was closed while the call ran"))

@@ -101,7 +101,7 @@ def _callable(name: str) -> Callable[[Any, Any, Any], None]:
 
 @attrs.frozen(kw_only=True)
 class PersonalizeConfig:
-    """Options of a :class:`~moengage_personalize.MoEngagePersonalize` client (see the README table).
+    """Options of a :class:`~moengage_personalize.MoEngagePersonalize` client (README table).
 
     ``clock`` (monotonic seconds, for cache TTLs) and ``sleep`` (retry backoff) are injectable so
     tests of code that uses the SDK never really wait.

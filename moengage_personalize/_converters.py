@@ -41,7 +41,7 @@ _MAX_OFFERING_DEPTH = 8
 
 @attrs.frozen
 class _WireMetadata:
-    experiences: list[ExperienceCampaignMeta] = attrs.field(factory=list)
+    experiences: list[ExperienceCampaignMeta]
     count: int | None = None
 
 
@@ -58,7 +58,7 @@ class _WireExperience:
 
 @attrs.frozen
 class _WireFetchResponse:
-    experiences: dict[str, _WireExperience] = attrs.field(factory=dict)
+    experiences: dict[str, _WireExperience]
 
 
 def _strict_str(value: Any, _type: Any) -> str:
@@ -101,11 +101,18 @@ _converter = _make_converter()
 
 
 def _structure(data: Any, cls: type[T], what: str) -> T:
+    if not isinstance(data, dict):
+        raise ParseError(
+            f"the {what} response does not have the documented shape: "
+            f"expected a JSON object, got {type(data).__name__}"
+        )
     try:
         return _converter.structure(data, cls)
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
         detail = "; ".join(_describe(exc))
-        raise ParseError(f"the {what} response does not have the documented shape: {detail}") from exc
+        raise ParseError(
+            f"the {what} response does not have the documented shape: {detail}"
+        ) from exc
 
 
 def _describe(exc: BaseException) -> Iterable[str]:
@@ -203,7 +210,11 @@ def _typed_value(key: str, name: str, entry: Any) -> Any:
     except (TypeError, ValueError) as exc:
         log.debug(
             "experience %r: payload %r kept as received (%s as %s failed: %s)",
-            key, name, type(value).__name__, entry.get("data_type"), exc,
+            key,
+            name,
+            type(value).__name__,
+            entry.get("data_type"),
+            exc,
         )
         return value
 
@@ -212,7 +223,7 @@ def _find_offerings(value: Any, found: list[Offering], depth: int) -> Any:
     if depth > _MAX_OFFERING_DEPTH:
         return value
     if isinstance(value, dict):
-        if _OFFERING_KEYS <= value.keys():
+        if value.keys() >= _OFFERING_KEYS:
             offering = Offering(value)
             found.append(offering)
             return offering

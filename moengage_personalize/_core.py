@@ -120,7 +120,9 @@ class Core:
             if stale:
                 log.warning(
                     "refreshing experience metadata failed (%s); serving the cached list, "
-                    "retrying in %g s", exc, META_RETRY_INTERVAL,
+                    "retrying in %g s",
+                    exc,
+                    META_RETRY_INTERVAL,
                 )
         else:
             snapshot = _MetaSnapshot(

@@ -28,7 +28,7 @@ __all__ = [
 
 
 class ExperienceStatus(str, enum.Enum):
-    """Status of an experience campaign; unknown input falls back to ``ACTIVE`` (mobile behaviour)."""
+    """Status of an experience campaign; unknown input falls back to ``ACTIVE`` (as on mobile)."""
 
     ACTIVE = "active"
     PAUSED = "paused"
@@ -103,7 +103,7 @@ class ExperienceCampaignsMetadata:
 
 
 class Offering(dict[str, Any]):
-    """An offering found in a campaign payload: the plain dict as received, plus its parent campaign.
+    """An offering found in a campaign payload: the dict as received, plus its parent campaign.
 
     It is a real ``dict`` (read it, JSON-serialise it, compare it as the dict it is); pass it back
     unchanged to the offering tracking calls so the SDK knows which experience it belongs to.

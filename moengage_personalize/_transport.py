@@ -136,7 +136,10 @@ class Transport:
             "stream": True,
         }
         token = base64.b64encode(f"{app_id}:{api_key}".encode()).decode("ascii")
-        headers = dict(session.headers)
+        headers = {
+            name: value if isinstance(value, str) else value.decode("latin-1")
+            for name, value in session.headers.items()
+        }
         headers.update(
             {
                 "Authorization": f"Basic {token}",
@@ -157,9 +160,7 @@ class Transport:
         if self._owns_session:
             self._session.close()
 
-    def request(
-        self, method: str, path: str, body: Any, deadline: float, *, what: str
-    ) -> Any:
+    def request(self, method: str, path: str, body: Any, deadline: float, *, what: str) -> Any:
         """Send ``body`` (JSON-encoded) and return the decoded JSON answer, retrying as the policy
         says until ``deadline`` (a ``time.monotonic()`` value). Raises only PersonalizeError."""
         data = None
@@ -365,6 +366,25 @@ def _retryable(exc: BaseException) -> bool:
     return False
 
 
+class _StopAtDeadline(tenacity.stop.stop_base):
+    """Stop when the next wait would end past the call's deadline, or when the service asks for
+    a longer wait than ``max_retry_after``."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._max_retry_after = policy.max_retry_after
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        call: _Call = state.args[0]
+        exc = state.outcome.exception() if state.outcome else None
+        if (
+            isinstance(exc, HTTPStatusError)
+            and exc.retry_after is not None
+            and exc.retry_after > self._max_retry_after
+        ):
+            return True
+        return (state.upcoming_sleep or 0.0) >= call.deadline - time.monotonic()
+
+
 def _build_retrying(policy: RetryPolicy, sleep: Any) -> tenacity.Retrying:
     """The one place a :class:`RetryPolicy` becomes a :class:`tenacity.Retrying`.
 
@@ -379,27 +399,19 @@ def _build_retrying(policy: RetryPolicy, sleep: Any) -> tenacity.Retrying:
         backoff = min(policy.max_backoff, policy.initial_backoff * 2 ** (state.attempt_number - 1))
         return random.uniform(backoff / 2, backoff) if policy.jitter else backoff  # noqa: S311
 
-    def past_deadline(state: tenacity.RetryCallState) -> bool:
-        call: _Call = state.args[0]
-        exc = state.outcome.exception() if state.outcome else None
-        if (
-            isinstance(exc, HTTPStatusError)
-            and exc.retry_after is not None
-            and exc.retry_after > policy.max_retry_after
-        ):
-            return True  # the service asks for longer than we are willing to wait
-        return (state.upcoming_sleep or 0.0) >= call.deadline - time.monotonic()
-
     def before_sleep(state: tenacity.RetryCallState) -> None:
         call: _Call = state.args[0]
         exc = state.outcome.exception() if state.outcome else None
         log.debug(
             "%s: attempt %d failed (%s); retrying in %.3f s",
-            call.what, state.attempt_number, exc, state.upcoming_sleep,
+            call.what,
+            state.attempt_number,
+            exc,
+            state.upcoming_sleep,
         )
 
     return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(policy.max_attempts) | past_deadline,
+        stop=tenacity.stop_after_attempt(policy.max_attempts) | _StopAtDeadline(policy),
         wait=wait,
         retry=tenacity.retry_if_exception(_retryable),
         sleep=sleep,

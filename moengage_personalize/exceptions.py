@@ -1,16 +1,16 @@
 """Errors raised by moengage-personalize.
 
 Every failure that reaches a caller through a Future is a :class:`PersonalizeError`; no exception of
-``requests``, ``urllib3``, ``tenacity``, ``cattrs`` or the standard library ever escapes. The ``code``
-attribute keeps the mobile SDKs' error codes (:class:`ErrorCode`); the subclasses exist for
+``requests``, ``urllib3``, ``tenacity``, ``cattrs`` or the standard library ever escapes. The
+``code`` attribute keeps the mobile SDKs' error codes (:class:`ErrorCode`); the subclasses exist for
 Pythonic ``except`` clauses::
 
     PersonalizeError                 code: ErrorCode, message: str
     ├── NetworkError                 NETWORK_ERROR: refused, reset, name not resolved, timed out
     │   └── DeadlineExceededError    NETWORK_ERROR: the call's deadline (config.timeout) passed
     ├── HTTPStatusError              HTTP_ERROR (4xx, 429), UNKNOWN_SERVER_ERROR (5xx),
-    │                                FEATURE_DISABLED (403); carries status_code, title, description,
-    │                                service_code, request_id, retry_after
+    │                                FEATURE_DISABLED (403); carries status_code, title,
+    │                                description, service_code, request_id, retry_after
     ├── ParseError                   PARSE_ERROR: not JSON, wrong shape, over the size cap
     ├── ClientClosedError            SDK_NOT_INITIALIZED: the client is closed
     └── SDKDisabledError             SDK_DISABLED: the client was built with enabled=False
