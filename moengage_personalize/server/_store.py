@@ -1,0 +1,250 @@
+"""The event store: impressions and clicks in SQLite, de-duplicated by ``moe_event_uuid``.
+
+One connection guarded by a lock (so one store serves every request thread); a file database
+runs in WAL mode and every accepted request is one committed transaction, so nothing accepted is
+lost when the server stops and starts again on the same file. ``path=None`` keeps the events in
+memory for the life of the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["SHOWN", "CLICKED", "EventStore"]
+
+SHOWN = "MOE_PERSONALIZATION_MESSAGE_SHOWN"
+CLICKED = "MOE_PERSONALIZATION_MESSAGE_CLICKED"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    moe_event_uuid TEXT NOT NULL UNIQUE,
+    action TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    event_time INTEGER,
+    platform TEXT NOT NULL,
+    experience_key TEXT,
+    experience TEXT,
+    cid TEXT,
+    moe_variation_id TEXT,
+    audience_id TEXT,
+    audience_name TEXT,
+    dp_offering_id TEXT,
+    b_id TEXT,
+    attributes TEXT NOT NULL,
+    user_attributes TEXT,
+    user_timezone_offset INTEGER,
+    request_id TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_experience ON events (experience_key, moe_variation_id);
+"""
+
+_COLUMNS = (
+    "moe_event_uuid",
+    "action",
+    "customer_id",
+    "event_time",
+    "platform",
+    "experience_key",
+    "experience",
+    "cid",
+    "moe_variation_id",
+    "audience_id",
+    "audience_name",
+    "dp_offering_id",
+    "b_id",
+    "attributes",
+    "user_attributes",
+    "user_timezone_offset",
+    "request_id",
+    "received_at",
+)
+_PLATFORMS = {"web": "web", "android": "android", "ios": "ios", "tv": "tv"}
+
+
+class EventStore:
+    """Impressions and clicks received by the server. Thread-safe; close it when done."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path or ":memory:",
+            check_same_thread=False,
+            timeout=10.0,
+            isolation_level=None,
+        )
+        try:
+            if self.path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            self._db.close()
+            raise
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<EventStore {self.path or ':memory:'}>"
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    def record(
+        self,
+        elements: Sequence[Mapping[str, Any]],
+        request_id: str,
+        experience_key_for_cid: Callable[[str], str | None] = lambda _cid: None,
+    ) -> tuple[int, int]:
+        """Store every action of validated ``elements`` in one transaction.
+
+        Returns ``(stored, duplicates)``: an action whose ``moe_event_uuid`` is already stored is
+        skipped (a retried request stores nothing twice)."""
+        now = time.time()
+        rows: list[tuple[Any, ...]] = []
+        for element in elements:
+            user_attributes = element.get("user_attributes")
+            for action in element["actions"]:
+                attributes: Mapping[str, Any] = action["attributes"]
+                cid = str(attributes.get("cid", ""))
+                platform = action.get("platform")
+                rows.append(
+                    (
+                        action["moe_event_uuid"],
+                        action["action"],
+                        element["customer_id"],
+                        action.get("event_time"),
+                        _PLATFORMS.get(platform.lower(), "Unknown")
+                        if isinstance(platform, str)
+                        else "Unknown",
+                        experience_key_for_cid(cid),
+                        _opt_str(attributes.get("experience")),
+                        cid,
+                        _opt_str(attributes.get("moe_variation_id")),
+                        _opt_str(attributes.get("audience_id")),
+                        _opt_str(attributes.get("audience_name")),
+                        _opt_str(attributes.get("dp_offering_id")),
+                        _opt_str(attributes.get("b_id")),
+                        json.dumps(attributes, ensure_ascii=False, sort_keys=True),
+                        None
+                        if user_attributes is None
+                        else json.dumps(user_attributes, ensure_ascii=False, sort_keys=True),
+                        element.get("user_timezone_offset"),
+                        request_id,
+                        now,
+                    )
+                )
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        sql = f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
+        with self._lock:
+            self._check_open()
+            before = self._db.total_changes
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            stored = self._db.total_changes - before
+        return stored, len(rows) - stored
+
+    def events(
+        self,
+        *,
+        experience_key: str | None = None,
+        customer_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stored events in arrival order (optionally only one experience's or customer's; with
+        ``limit``, the most recent ``limit``), as plain dicts."""
+        where: list[str] = []
+        params: list[Any] = []
+        if experience_key is not None:
+            where.append("experience_key = ?")
+            params.append(experience_key)
+        if customer_id is not None:
+            where.append("customer_id = ?")
+            params.append(customer_id)
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM events"  # noqa: S608
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, int(limit)))
+        with self._lock:
+            self._check_open()
+            rows = self._db.execute(sql, params).fetchall()
+        out: list[dict[str, Any]] = []
+        for row in reversed(rows):
+            event = dict(zip(_COLUMNS, row, strict=True))
+            event["attributes"] = json.loads(event["attributes"])
+            if event["user_attributes"] is not None:
+                event["user_attributes"] = json.loads(event["user_attributes"])
+            out.append(event)
+        return out
+
+    def count(self) -> int:
+        """How many events are stored."""
+        with self._lock:
+            self._check_open()
+            (n,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
+        return int(n)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Impressions, clicks and CTR per experience and variation.
+
+        Every ``..._SHOWN`` action is an impression and every ``..._CLICKED`` a click (an
+        offering's events count for its experience; ``offering_impressions`` and
+        ``offering_clicks`` say how many of them carried a ``dp_offering_id``). ``ctr`` is
+        clicks / impressions, None without impressions."""
+        sql = """
+            SELECT COALESCE(experience_key, ''), COALESCE(experience, ''),
+                   COALESCE(moe_variation_id, ''),
+                   SUM(action = ?), SUM(action = ?),
+                   SUM(action = ? AND dp_offering_id IS NOT NULL),
+                   SUM(action = ? AND dp_offering_id IS NOT NULL),
+                   COUNT(DISTINCT customer_id)
+            FROM events
+            GROUP BY 1, 2, 3
+            ORDER BY 1, 2, 3
+        """
+        with self._lock:
+            self._check_open()
+            rows = self._db.execute(sql, (SHOWN, CLICKED, SHOWN, CLICKED)).fetchall()
+        out: list[dict[str, Any]] = []
+        for key, name, variation, shown, clicked, off_shown, off_clicked, users in rows:
+            out.append(
+                {
+                    "experience_key": key or None,
+                    "experience": name or None,
+                    "moe_variation_id": variation or None,
+                    "impressions": int(shown),
+                    "clicks": int(clicked),
+                    "ctr": round(clicked / shown, 4) if shown else None,
+                    "offering_impressions": int(off_shown),
+                    "offering_clicks": int(off_clicked),
+                    "users": int(users),
+                }
+            )
+        return out
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the event store is closed")
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
