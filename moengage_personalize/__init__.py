@@ -15,7 +15,9 @@ from ._models import (
     ExperienceCampaignsResult,
     ExperienceFailureReason,
     ExperienceStatus,
+    FlushReport,
     Offering,
+    PersonalizeStats,
 )
 from ._version import __version__
 from .exceptions import (
@@ -41,6 +43,7 @@ __all__ = [
     "ExperienceCampaignsResult",
     "ExperienceFailureReason",
     "ExperienceStatus",
+    "FlushReport",
     "HTTPStatusError",
     "MoEngagePersonalize",
     "NetworkError",
@@ -48,6 +51,7 @@ __all__ = [
     "ParseError",
     "PersonalizeConfig",
     "PersonalizeError",
+    "PersonalizeStats",
     "RetryPolicy",
     "SDKDisabledError",
     "User",

@@ -6,13 +6,16 @@ completes: with a result, or with a :class:`PersonalizeError` no later than its 
 
 from __future__ import annotations
 
+import atexit
 import enum
+import functools
 import heapq
 import itertools
 import math
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -22,7 +25,26 @@ import requests
 
 from ._config import PersonalizeConfig, User, coerce_user
 from ._core import Core
-from ._models import ExperienceCampaignsMetadata, ExperienceCampaignsResult, ExperienceStatus
+from ._events import (
+    ACTION_CLICKED,
+    ACTION_SHOWN,
+    DROP_CLOSED,
+    DROP_DISABLED,
+    EventPipeline,
+    EventRecord,
+    campaign_context,
+    offering_attribution,
+    resolve_user,
+)
+from ._models import (
+    ExperienceCampaign,
+    ExperienceCampaignsMetadata,
+    ExperienceCampaignsResult,
+    ExperienceStatus,
+    FlushReport,
+    Offering,
+    PersonalizeStats,
+)
 from ._transport import Transport, base_url_for
 from .exceptions import (
     ClientClosedError,
@@ -253,7 +275,10 @@ class MoEngagePersonalize:
         )
         self._deadlines = _Deadlines()
         self._lock = threading.Lock()
+        self._events = EventPipeline(self._transport, config)
         self._state = _State.OPEN
+        self._exit_hook = functools.partial(_flush_at_exit, weakref.ref(self))
+        atexit.register(self._exit_hook)
 
     # introspection -------------------------------------------------------------------------
 
@@ -376,17 +401,166 @@ class MoEngagePersonalize:
         else:
             _settle(future, result=result)
 
+    # tracking ------------------------------------------------------------------------------
+
+    def experiences_shown(
+        self, campaigns: Iterable[ExperienceCampaign], *, user: User | str | None = None
+    ) -> None:
+        """Record an impression of each campaign, in order. [Flutter: ``experiencesShown``]
+
+        Never blocks on the network and never raises for delivery problems; invalid input raises
+        ``TypeError``/``ValueError`` at once and nothing is queued.
+        """
+        if isinstance(campaigns, (ExperienceCampaign, Mapping)) or not isinstance(
+            campaigns, Iterable
+        ):
+            raise TypeError(
+                f"campaigns must be a list of campaigns, not {type(campaigns).__name__}"
+            )
+        who = coerce_user(user)
+        self._enqueue(
+            [self._record(ACTION_SHOWN, c, f"campaigns[{i}]", who) for i, c in enumerate(campaigns)]
+        )
+
+    def experience_shown(
+        self, campaign: ExperienceCampaign, *, user: User | str | None = None
+    ) -> None:
+        """Record an impression of ``campaign``. [Flutter: ``experienceShown``]"""
+        self._enqueue([self._record(ACTION_SHOWN, campaign, "campaign", coerce_user(user))])
+
+    def experience_clicked(
+        self,
+        campaign: ExperienceCampaign,
+        *,
+        b_id: str | None = None,
+        user: User | str | None = None,
+    ) -> None:
+        """Record a click on ``campaign``; ``b_id`` names the clicked element (e.g. "Add to
+        Cart"). [Flutter: ``experienceClicked``]"""
+        over = None
+        if b_id is not None:
+            if not isinstance(b_id, str) or not b_id:
+                raise TypeError(f"b_id must be a non-empty str or None, not {b_id!r}")
+            over = {"b_id": b_id}
+        self._enqueue(
+            [self._record(ACTION_CLICKED, campaign, "campaign", coerce_user(user), over=over)]
+        )
+
+    def offerings_shown(
+        self,
+        offering_payloads: Iterable[Offering | Mapping[str, Any]],
+        *,
+        campaign: ExperienceCampaign | None = None,
+        user: User | str | None = None,
+    ) -> None:
+        """Record an impression of each offering, in order (the dicts exactly as returned; plain
+        dicts need ``campaign=``). [Flutter: ``offeringsShown``]"""
+        if isinstance(offering_payloads, Mapping) or not isinstance(offering_payloads, Iterable):
+            raise TypeError(
+                f"offering_payloads must be a list of offerings, not "
+                f"{type(offering_payloads).__name__}"
+            )
+        who = coerce_user(user)
+        self._enqueue(
+            [
+                self._offering_record(ACTION_SHOWN, o, campaign, f"offering_payloads[{i}]", who)
+                for i, o in enumerate(offering_payloads)
+            ]
+        )
+
+    def offering_shown(
+        self,
+        offering_payload: Offering | Mapping[str, Any],
+        *,
+        campaign: ExperienceCampaign | None = None,
+        user: User | str | None = None,
+    ) -> None:
+        """Record an impression of one offering. [Flutter: ``offeringShown``]"""
+        self._enqueue(
+            [
+                self._offering_record(
+                    ACTION_SHOWN, offering_payload, campaign, "offering_payload", coerce_user(user)
+                )
+            ]
+        )
+
+    def offering_clicked(
+        self,
+        campaign: ExperienceCampaign,
+        offering_payload: Offering | Mapping[str, Any],
+        *,
+        user: User | str | None = None,
+    ) -> None:
+        """Record ONE click on ``campaign`` carrying the offering: it counts as the experience
+        click too (do not also call :meth:`experience_clicked`). [Flutter: ``offeringClicked``]"""
+        if campaign is None:
+            raise TypeError("campaign must be the campaign whose payload carried the offering")
+        self._enqueue(
+            [
+                self._offering_record(
+                    ACTION_CLICKED,
+                    offering_payload,
+                    campaign,
+                    "offering_payload",
+                    coerce_user(user),
+                )
+            ]
+        )
+
+    def flush(self, timeout: float = 5.0) -> FlushReport:
+        """Deliver the events queued so far: block until each is delivered or given up, or
+        ``timeout`` seconds pass, and report what happened."""
+        return self._events.flush(_check_timeout(timeout))
+
+    def stats(self) -> PersonalizeStats:
+        """A snapshot of the client's counters."""
+        return self._events.stats()
+
+    @staticmethod
+    def _record(
+        action: str,
+        campaign: object,
+        name: str,
+        user: User | None,
+        *,
+        under: Mapping[str, Any] | None = None,
+        over: Mapping[str, Any] | None = None,
+    ) -> EventRecord:
+        context, fetched_for = campaign_context(campaign, name)
+        customer_id, offset = resolve_user(fetched_for, user, name)
+        return EventRecord(action, context, under, over, customer_id, offset, int(time.time()))
+
+    def _offering_record(
+        self, action: str, offering: object, campaign: object | None, name: str, user: User | None
+    ) -> EventRecord:
+        attribution, parent = offering_attribution(offering, campaign, name)
+        return self._record(action, parent, name, user, under=attribution)
+
+    def _enqueue(self, records: list[EventRecord]) -> None:
+        if self._state is not _State.OPEN:
+            self._events.drop(DROP_CLOSED, len(records))
+        elif not self._config.enabled:
+            self._events.drop(DROP_DISABLED, len(records))
+        else:
+            for record in records:
+                self._events.put(record)
+
     # lifecycle -----------------------------------------------------------------------------
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the client: new calls fail ``SDK_NOT_INITIALIZED``; queued calls fail the same way;
-        calls in flight get up to ``timeout`` seconds to finish. Idempotent; shuts down only an
-        executor the client created."""
+        """Stop the client within ``timeout`` seconds: queued events are flushed, then the
+        threads stop; new calls fail ``SDK_NOT_INITIALIZED``, queued fetches fail the same way,
+        fetches in flight get what is left of ``timeout`` to finish. Idempotent; shuts down only
+        an executor the client created."""
         timeout = _check_timeout(timeout)
         with self._lock:
             if self._state is _State.CLOSED:
                 return
             self._state = _State.CLOSED
+        atexit.unregister(self._exit_hook)
+        end = time.monotonic() + timeout
+        self._events.close(timeout)
+        timeout = max(0.0, end - time.monotonic())
         if self._owns_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
         pending = self._deadlines.pending()
@@ -408,15 +582,23 @@ class MoEngagePersonalize:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_state", _State.CLOSED) is _State.OPEN:
+        if getattr(self, "_state", _State.CLOSED) is _State.OPEN and hasattr(self, "_exit_hook"):
             warnings.warn(
                 f"{self!r} was never closed; call close() or use it as a context manager",
                 ResourceWarning,
                 stacklevel=2,
             )
             try:
+                atexit.unregister(self._exit_hook)
                 if self._owns_executor:
                     self._executor.shutdown(wait=False, cancel_futures=True)
                 self._deadlines.stop(timeout=0)
             except Exception:  # noqa: S110 - best effort at garbage collection
                 pass
+
+
+def _flush_at_exit(ref: weakref.ref[MoEngagePersonalize]) -> None:
+    """At interpreter exit: a bounded flush (``config.exit_flush_timeout``) and a clean stop."""
+    client = ref()
+    if client is not None and not client.closed:
+        client.close(timeout=client.config.exit_flush_timeout)

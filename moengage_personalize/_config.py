@@ -99,6 +99,31 @@ def _callable(name: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def _optional_str(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_inst: Any, _attr: Any, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+        if not value:
+            raise ValueError(f"{name} must not be empty")
+
+    return check
+
+
+def _batch_size(_inst: Any, _attr: Any, value: Any) -> None:
+    _positive_int("event_batch_size")(None, None, value)
+    if value > 1000:
+        raise ValueError(f"event_batch_size must be <= 1000 actions per request, got {value!r}")
+
+
+def _store_path(_inst: Any, _attr: Any, value: Any) -> None:
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"event_store must be a file path or None, not {value!r}")
+    if isinstance(value, str) and not value:
+        raise ValueError("event_store must not be empty (use None to turn the outbox off)")
+
+
 @attrs.frozen(kw_only=True)
 class PersonalizeConfig:
     """Options of a :class:`~moengage_personalize.MoEngagePersonalize` client (README table).
@@ -116,24 +141,22 @@ class PersonalizeConfig:
     )
     enabled: bool = attrs.field(default=True, validator=_bool("enabled"))
     allow_insecure_http: bool = attrs.field(default=False, validator=_bool("allow_insecure_http"))
+    platform: str = attrs.field(default="web", validator=_optional_str("platform"))
+    event_queue_size: int = attrs.field(default=10_000, validator=_positive_int("event_queue_size"))
+    event_flush_interval: float = _duration_field("event_flush_interval", 1.0, allow_zero=False)
+    event_batch_size: int = attrs.field(default=1000, validator=_batch_size)
+    event_retry_max_backoff: float = _duration_field("event_retry_max_backoff", 60.0)
+    event_store: str | os.PathLike[str] | None = attrs.field(default=None, validator=_store_path)
+    event_store_max_events: int = attrs.field(
+        default=1_000_000, validator=_positive_int("event_store_max_events")
+    )
+    exit_flush_timeout: float = _duration_field("exit_flush_timeout", 2.0)
     clock: Callable[[], float] = attrs.field(
         default=time.monotonic, validator=_callable("clock"), repr=False, eq=False
     )
     sleep: Callable[[float], None] = attrs.field(
         default=time.sleep, validator=_callable("sleep"), repr=False, eq=False
     )
-
-
-def _optional_str(name: str) -> Callable[[Any, Any, Any], None]:
-    def check(_inst: Any, _attr: Any, value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, str):
-            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-        if not value:
-            raise ValueError(f"{name} must not be empty")
-
-    return check
 
 
 def _identifiers(value: Any) -> dict[str, str] | None:

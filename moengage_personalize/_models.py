@@ -7,6 +7,7 @@ and spellings live in ``_converters``, not here.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -23,7 +24,9 @@ __all__ = [
     "ExperienceCampaignsResult",
     "ExperienceFailureReason",
     "ExperienceStatus",
+    "FlushReport",
     "Offering",
+    "PersonalizeStats",
 ]
 
 
@@ -175,3 +178,37 @@ class ExperienceCampaignsResult:
             if campaign.experience_key == experience_key:
                 return campaign
         return None
+
+
+@attrs.frozen(kw_only=True)
+class FlushReport:
+    """What ``flush()`` (or ``close()``) saw when it returned.
+
+    ``sent``, ``dropped`` and ``failed`` (rejected by the service) are totals since the client
+    started; ``pending`` is what is still queued or in flight; ``completed`` is True when every
+    event queued before the call was delivered or given up.
+    """
+
+    sent: int
+    dropped: int
+    failed: int
+    pending: int
+    completed: bool
+
+
+@attrs.frozen(kw_only=True)
+class PersonalizeStats:
+    """A snapshot of the client's counters.
+
+    Events: ``events_queued`` (accepted by tracking calls), ``events_sent`` (accepted by the
+    service), ``events_retried`` (event sends retried), ``events_failed`` (rejected by the
+    service), ``events_pending`` (queued or in flight), ``events_dropped`` (by cause:
+    ``queue_full``, ``closed``, ``disabled``, ``store_full``).
+    """
+
+    events_queued: int = 0
+    events_sent: int = 0
+    events_retried: int = 0
+    events_failed: int = 0
+    events_pending: int = 0
+    events_dropped: Mapping[str, int] = attrs.field(factory=dict)

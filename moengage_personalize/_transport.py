@@ -97,6 +97,9 @@ class _Call:
     body: bytes | None
     deadline: float  # time.monotonic() value
     what: str
+    budget: float  # the whole call's time budget in seconds, for messages
+    budget_name: str
+    expect_json: bool = True
 
 
 class Transport:
@@ -166,14 +169,30 @@ class Transport:
         data = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        call = _Call(method, self.base_url + path, data, deadline, what)
+        call = _Call(
+            method, self.base_url + path, data, deadline, what, self._timeout, "config.timeout"
+        )
+        return self._guarded(self._retrying, self._attempt, call)
+
+    def send_once(
+        self, method: str, path: str, data: bytes, deadline: float, *, what: str, budget: float
+    ) -> Any:
+        """One attempt, no retries, for callers with their own retry rules (the event pipeline):
+        returns on any 2xx, whatever its body. Raises only PersonalizeError."""
+        call = _Call(
+            method, self.base_url + path, data, deadline, what, budget, "attempt timeout", False
+        )
+        return self._guarded(self._attempt, call)
+
+    @staticmethod
+    def _guarded(fn: Any, *args: Any) -> Any:
         try:
-            return self._retrying(self._attempt, call)
+            return fn(*args)
         except PersonalizeError:
             raise
         except Exception as exc:  # a bug or an unforeseen dependency error: never leak it
             raise PersonalizeError(
-                f"{what} failed unexpectedly: {type(exc).__name__}: {exc}", code=ErrorCode.UNKNOWN
+                f"unexpected {type(exc).__name__}: {_short(exc)}", code=ErrorCode.UNKNOWN
             ) from exc
 
     def _attempt(self, call: _Call) -> Any:
@@ -202,6 +221,8 @@ class Transport:
             raise self._map_exception(exc, call) from exc
         status = response.status_code
         if 200 <= status < 300:
+            if not call.expect_json:
+                return None
             try:
                 return json.loads(content)
             except ValueError as exc:
@@ -230,10 +251,11 @@ class Transport:
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _deadline_error(self, call: _Call) -> DeadlineExceededError:
+    @staticmethod
+    def _deadline_error(call: _Call) -> DeadlineExceededError:
         return DeadlineExceededError(
-            f"{call.what} did not complete within its deadline of {self._timeout:g} s "
-            "(config.timeout)"
+            f"{call.what} did not complete within its deadline of {call.budget:g} s "
+            f"({call.budget_name})"
         )
 
     def _map_exception(self, exc: Exception, call: _Call) -> PersonalizeError:
