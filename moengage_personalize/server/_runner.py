@@ -55,6 +55,14 @@ class _BodyReader(io.RawIOBase):
         return True
 
     @property
+    def unread_length(self) -> int | None:
+        """Bytes of a length-delimited body not read yet; None when unknown (chunked) or when
+        the client still waits for ``100 Continue`` (it has sent nothing)."""
+        if self._chunked or self._continue_pending:
+            return None
+        return self._left
+
+    @property
     def finished(self) -> bool:
         """True once the whole body was read."""
         return self._eof
@@ -109,6 +117,7 @@ class _WSGIHandler(http.server.BaseHTTPRequestHandler):
     """One connection: requests in turn, each run through the WSGI application."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms stalls
     server: _ThreadingServer
     timeout = _IDLE_TIMEOUT
     expects_continue = False
@@ -201,20 +210,18 @@ class _WSGIHandler(http.server.BaseHTTPRequestHandler):
             self._linger()
 
     def _finish_body(self, body: _BodyReader) -> None:
-        """Read a small unread rest (to keep the connection); else close after the answer."""
-        if self.expects_continue and body._continue_pending:
-            self.close_connection = True  # the client waits for 100; never asked to send
+        """Read a small declared rest of the body (so the connection can be kept); otherwise, or
+        for a chunked body, close the connection after the answer."""
+        if body.unread_length is None or body.unread_length > _DRAIN_BYTES:
+            self.close_connection = True  # too much, unknown, or the client waits for a 100
             return
-        drained = 0
         try:
-            while drained <= _DRAIN_BYTES:
-                chunk = body.read(min(8192, _DRAIN_BYTES + 1 - drained))
-                if not chunk:
-                    return
-                drained += len(chunk)
+            self.connection.settimeout(_LINGER_SECONDS)
+            while body.read(8192):
+                pass
+            self.connection.settimeout(self.timeout)
         except OSError:
-            pass
-        self.close_connection = True
+            self.close_connection = True
 
     def _linger(self) -> None:
         """After answering early, discard what the client still sends, for a bounded time, so
@@ -418,7 +425,7 @@ class PersonalizeServer:
                 assert self._httpd is not None
                 self._thread = threading.Thread(
                     target=self._httpd.serve_forever,
-                    kwargs={"poll_interval": 0.05},
+                    kwargs={"poll_interval": 0.01},
                     name=f"moengage-personalize-server:{self.port}",
                     daemon=True,
                 )
