@@ -86,12 +86,14 @@ class _Deadlines:
     """One thread that fails Futures whose deadline passed (``requests`` cannot bound DNS look-ups
     or a trickling body, so the deadline completes the Future itself)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, Future[Any], str]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._wake_at = math.inf  # when the thread next wakes by itself
 
     def add(self, deadline: float, future: Future[Any], message: str) -> None:
         with self._cond:
@@ -100,8 +102,12 @@ class _Deadlines:
                     target=self._run, name="moengage-personalize-deadline", daemon=True
                 )
                 self._thread.start()
-            heapq.heappush(self._heap, (deadline, next(self._seq), future, message))
-            if self._heap[0][2] is future:
+            heap = self._heap
+            while heap and heap[0][2].done():  # completed calls leave from the front
+                heapq.heappop(heap)
+            heapq.heappush(heap, (deadline, next(self._seq), future, message))
+            if deadline < self._wake_at:  # rare: every call has the same timeout
+                self._wake_at = deadline
                 self._cond.notify()
 
     def pending(self) -> list[Future[Any]]:
@@ -128,11 +134,18 @@ class _Deadlines:
                             expired.append((future, message))
                     if expired:
                         break
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                    self._wake_at = self._heap[0][0] if self._heap else math.inf
+                    self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
                 if self._stopped:
                     return
-            for future, message in expired:  # callbacks run outside the lock
-                _settle(future, error=DeadlineExceededError(message))
+            for future, what in expired:  # callbacks run outside the lock
+                _settle(
+                    future,
+                    error=DeadlineExceededError(
+                        f"{what} did not complete within its deadline of {self._timeout:g} s "
+                        "(config.timeout)"
+                    ),
+                )
             expired.clear()
 
 
@@ -273,7 +286,7 @@ class MoEngagePersonalize:
         self._executor: Executor = executor or ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="moengage-personalize"
         )
-        self._deadlines = _Deadlines()
+        self._deadlines = _Deadlines(config.timeout)
         self._lock = threading.Lock()
         self._events = EventPipeline(self._transport, config)
         self._state = _State.OPEN
@@ -367,12 +380,7 @@ class MoEngagePersonalize:
             future.set_exception(SDKDisabledError(f"{what}: the client was built disabled"))
             return future
         deadline = time.monotonic() + self._config.timeout
-        self._deadlines.add(
-            deadline,
-            future,
-            f"{what} did not complete within its deadline of {self._config.timeout:g} s "
-            "(config.timeout)",
-        )
+        self._deadlines.add(deadline, future, what)
         try:
             self._executor.submit(self._run, future, fn, args, deadline)
         except RuntimeError as exc:  # executor shut down, or interpreter shutting down
@@ -383,6 +391,8 @@ class MoEngagePersonalize:
     def _run(
         future: Future[T], fn: Callable[..., T], args: tuple[Any, ...], deadline: float
     ) -> None:
+        if future.done():
+            return  # failed (deadline passed, client closed) while queued
         try:
             if not future.set_running_or_notify_cancel():
                 return  # cancelled by the caller while queued

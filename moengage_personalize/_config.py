@@ -7,6 +7,7 @@ Copy with changes through :func:`attrs.evolve`. Durations accept seconds (``int`
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import os
 import time
@@ -216,6 +217,11 @@ class User:
         return self.customer_id is None and self.user_identifiers is None
 
 
+@functools.lru_cache(maxsize=4096)
+def _user_for(customer_id: str) -> User:
+    return User(customer_id=customer_id)  # frozen: safe to share between calls
+
+
 def coerce_user(value: User | str | None) -> User | None:
     """Turn the ``user=`` argument into a :class:`User` (a ``str`` is the customer id)."""
     if value is None or isinstance(value, User):
@@ -223,5 +229,5 @@ def coerce_user(value: User | str | None) -> User | None:
     if isinstance(value, str):
         if not value:
             raise ValueError("user must not be an empty string")
-        return User(customer_id=value)
+        return _user_for(value)
     raise TypeError(f"user must be a User, a customer id str or None, not {type(value).__name__}")

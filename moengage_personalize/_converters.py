@@ -100,14 +100,21 @@ def _make_converter() -> cattrs.Converter:
 _converter = _make_converter()
 
 
+_HOOKS: dict[type, Callable[[Any, Any], Any]] = {}
+
+
 def _structure(data: Any, cls: type[T], what: str) -> T:
     if not isinstance(data, dict):
         raise ParseError(
             f"the {what} response does not have the documented shape: "
             f"expected a JSON object, got {type(data).__name__}"
         )
+    hook = _HOOKS.get(cls)
+    if hook is None:
+        hook = _HOOKS[cls] = _converter.get_structure_hook(cls)
     try:
-        return _converter.structure(data, cls)
+        result: T = hook(data, cls)
+        return result
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
         detail = "; ".join(_describe(exc))
         raise ParseError(
@@ -122,9 +129,12 @@ def _describe(exc: BaseException) -> Iterable[str]:
         yield str(exc) or type(exc).__name__
 
 
+_unstructure_user = _converter.get_unstructure_hook(User)
+
+
 def identifiers_body(user: User) -> dict[str, Any]:
     """The fetch body's ``identifiers`` object for ``user`` (empty for an anonymous user)."""
-    result: dict[str, Any] = _converter.unstructure(user, User)
+    result: dict[str, Any] = _unstructure_user(user)
     return result
 
 

@@ -7,6 +7,7 @@ Every method takes an absolute ``deadline`` (a ``time.monotonic()`` value) and r
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -39,6 +40,13 @@ FETCH_PATH = "/experiences/fetch"
 META_RETRY_INTERVAL = 10.0
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _INACTIVE = (ExperienceStatus.PAUSED, ExperienceStatus.SCHEDULED)
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_day_and_hour(epoch_hour: int) -> tuple[str, str]:
+    """``DAY_OF_THE_WEEK`` and ``TIME_OF_THE_DAY`` (UTC) for an hour since the epoch."""
+    now = dt.datetime.fromtimestamp(epoch_hour * 3600, dt.timezone.utc)
+    return _WEEKDAYS[now.weekday()], f"{now.hour:02d}"
 
 
 @attrs.frozen
@@ -186,15 +194,15 @@ class Core:
         keys: Sequence[str], attributes: Mapping[str, str], user: User | None
     ) -> dict[str, Any]:
         """The ``POST /experiences/fetch`` body: derived attributes first, the caller's win."""
-        now = dt.datetime.fromtimestamp(time.time(), dt.timezone.utc)
+        day, hour = _utc_day_and_hour(int(time.time()) // 3600)
         body: dict[str, Any] = {}
         if user is not None:
             identifiers = _converters.identifiers_body(user)
             if identifiers:
                 body["identifiers"] = identifiers
         body["experience_key"] = list(keys)
-        body["DAY_OF_THE_WEEK"] = _WEEKDAYS[now.weekday()]
-        body["TIME_OF_THE_DAY"] = f"{now.hour:02d}"
+        body["DAY_OF_THE_WEEK"] = day
+        body["TIME_OF_THE_DAY"] = hour
         if user is not None:
             if user.ip_address is not None:
                 body["USER_IP_ADDRESS"] = user.ip_address

@@ -20,16 +20,20 @@ import math
 import platform
 import random
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import attrs
 import requests
 import requests.adapters
 import requests.structures
+import requests.utils
 import tenacity
+import urllib3
+import urllib3.connectionpool
+import urllib3.exceptions
 
 from ._config import PersonalizeConfig, RetryPolicy
 from ._version import __version__
@@ -90,24 +94,67 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-@attrs.frozen
 class _Call:
-    method: str
-    url: str
-    body: bytes | None
-    deadline: float  # time.monotonic() value
-    what: str
-    budget: float  # the whole call's time budget in seconds, for messages
-    budget_name: str
-    expect_json: bool = True
+    """One logical request: what to send, until when, and how to describe it in errors."""
+
+    __slots__ = (
+        "body",
+        "budget",
+        "budget_name",
+        "deadline",
+        "expect_json",
+        "method",
+        "path",
+        "what",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        deadline: float,
+        what: str,
+        budget: float,
+        budget_name: str,
+        expect_json: bool = True,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.body = body
+        self.deadline = deadline  # time.monotonic() value
+        self.what = what
+        self.budget = budget  # the whole call's time budget in seconds, for messages
+        self.budget_name = budget_name
+        self.expect_json = expect_json
+
+
+class _Answer:
+    """Status, headers and body of one HTTP exchange, whichever path carried it."""
+
+    __slots__ = ("body", "headers", "reason", "status")
+
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class Transport:
     """Sends one logical request with retries within a deadline; returns the decoded JSON body.
 
-    Thread-safe: a call only reads what ``__init__`` resolved and uses the adapter's connection
-    pool (urllib3's, which is thread-safe). The :class:`requests.Session` itself is used only at
-    construction (to read its headers, proxies, verify and cert settings and find its adapter).
+    Thread-safe: a call only reads what ``__init__`` resolved and uses a urllib3 connection pool,
+    which is thread-safe. The :class:`requests.Session` itself is only read at construction: its
+    headers, proxies, ``verify`` and ``cert`` settings (and the environment's, if it trusts it),
+    and the adapter mounted for the base URL. When that adapter is requests' own
+    :class:`~requests.adapters.HTTPAdapter` and no proxy applies, calls go straight to the
+    connection pool the adapter resolved for the base URL (same TLS settings, none of the
+    per-call re-resolution); any other adapter (a mock, a custom transport) gets every request
+    through its ``send()``.
     """
 
     def __init__(
@@ -121,6 +168,7 @@ class Transport:
         self.base_url = base_url
         self._timeout = config.timeout
         self._max_bytes = config.max_response_bytes
+        self._max_attempts = config.retry.max_attempts
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
@@ -142,6 +190,7 @@ class Transport:
         headers = {
             name: value if isinstance(value, str) else value.decode("latin-1")
             for name, value in session.headers.items()
+            if name.lower() != "connection"  # keep-alive is HTTP/1.1's default
         }
         headers.update(
             {
@@ -153,6 +202,16 @@ class Transport:
         )
         self._get_headers = headers
         self._post_headers = {**headers, "Content-Type": "application/json"}
+        self._path_prefix = urlsplit(base_url).path.rstrip("/")
+        self._pool_lock = threading.Lock()
+        self._pool: urllib3.connectionpool.HTTPConnectionPool | None = None
+        self._http_adapter: requests.adapters.HTTPAdapter | None = None
+        if (
+            isinstance(self._adapter, requests.adapters.HTTPAdapter)
+            and type(self._adapter).send is requests.adapters.HTTPAdapter.send
+            and not requests.utils.select_proxy(base_url, settings["proxies"])
+        ):
+            self._http_adapter = self._adapter
         self._retrying = _build_retrying(config.retry, config.sleep)
 
     def __repr__(self) -> str:
@@ -165,23 +224,32 @@ class Transport:
 
     def request(self, method: str, path: str, body: Any, deadline: float, *, what: str) -> Any:
         """Send ``body`` (JSON-encoded) and return the decoded JSON answer, retrying as the policy
-        says until ``deadline`` (a ``time.monotonic()`` value). Raises only PersonalizeError."""
-        data = None
-        if body is not None:
-            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        call = _Call(
-            method, self.base_url + path, data, deadline, what, self._timeout, "config.timeout"
-        )
-        return self._guarded(self._retrying, self._attempt, call)
+        says until ``deadline`` (a ``time.monotonic()`` value). Raises only PersonalizeError.
+
+        The first attempt runs directly; tenacity takes over from the first retryable failure
+        (replaying it as its own first attempt, so attempt counts and backoff stay exact).
+        """
+        data = None if body is None else _encode(body).encode()
+        call = _Call(method, path, data, deadline, what, self._timeout, "config.timeout")
+        try:
+            return self._guarded(self._attempt, call)
+        except PersonalizeError as exc:
+            if self._max_attempts == 1 or not _retryable(exc):
+                raise
+            first: list[PersonalizeError] = [exc]
+        return self._guarded(self._retrying, self._replay_then_attempt, call, first)
+
+    def _replay_then_attempt(self, call: _Call, first: list[PersonalizeError]) -> Any:
+        if first:
+            raise first.pop()
+        return self._attempt(call)
 
     def send_once(
         self, method: str, path: str, data: bytes, deadline: float, *, what: str, budget: float
     ) -> Any:
         """One attempt, no retries, for callers with their own retry rules (the event pipeline):
         returns on any 2xx, whatever its body. Raises only PersonalizeError."""
-        call = _Call(
-            method, self.base_url + path, data, deadline, what, budget, "attempt timeout", False
-        )
+        call = _Call(method, path, data, deadline, what, budget, "attempt timeout", False)
         return self._guarded(self._attempt, call)
 
     @staticmethod
@@ -199,57 +267,123 @@ class Transport:
         remaining = call.deadline - time.monotonic()
         if remaining <= 0:
             raise self._deadline_error(call)
-        prepared = requests.PreparedRequest()
-        prepared.method = call.method
-        prepared.url = call.url
         headers = self._post_headers if call.body is not None else self._get_headers
-        prepared.headers = requests.structures.CaseInsensitiveDict(headers)
-        if call.body is not None:
-            prepared.headers["Content-Length"] = str(len(call.body))
-        prepared.body = call.body
         try:
-            response = self._adapter.send(
-                prepared, timeout=(remaining, remaining), **self._send_kwargs
-            )
-            try:
-                content = self._read(response, call)
-            finally:
-                response.close()
+            if self._http_adapter is not None:
+                answer = self._exchange_direct(call, headers, remaining)
+            else:
+                answer = self._exchange_adapter(call, headers, remaining)
         except PersonalizeError:
             raise
         except Exception as exc:
             raise self._map_exception(exc, call) from exc
-        status = response.status_code
+        status = answer.status
         if 200 <= status < 300:
             if not call.expect_json:
                 return None
             try:
-                return json.loads(content)
+                return json.loads(answer.body)
             except ValueError as exc:
-                ctype = response.headers.get("Content-Type", "no content type")
+                ctype = answer.headers.get("Content-Type", "no content type")
                 raise ParseError(
-                    f"the {call.what} answer is not JSON ({ctype}, {len(content)} bytes)"
+                    f"the {call.what} answer is not JSON ({ctype}, {len(answer.body)} bytes)"
                 ) from exc
-        raise _status_error(response, content, call.what)
+        raise _status_error(answer, call.what)
 
-    def _read(self, response: requests.Response, call: _Call) -> bytes:
-        declared = response.headers.get("Content-Length")
+    def _connection_pool(self) -> urllib3.connectionpool.HTTPConnectionPool:
+        """The adapter's pool for the base URL, resolved once (again if the adapter dropped it)."""
+        pool = self._pool
+        if pool is not None and pool.pool is not None:  # a closed pool has no queue left
+            return pool
+        with self._pool_lock:
+            current = self._pool
+            if current is None or current.pool is None:
+                adapter = self._http_adapter
+                assert adapter is not None
+                probe = requests.PreparedRequest()
+                probe.prepare(method="GET", url=self.base_url)
+                kw = self._send_kwargs
+                resolved = adapter.get_connection_with_tls_context(
+                    probe, kw["verify"], kw["proxies"], kw["cert"]
+                )
+                if not isinstance(resolved, urllib3.connectionpool.HTTPConnectionPool):
+                    raise TypeError(f"unexpected connection pool {type(resolved).__name__}")
+                adapter.cert_verify(resolved, self.base_url, kw["verify"], kw["cert"])  # type: ignore[no-untyped-call]
+                current = self._pool = resolved
+            return current
+
+    def _exchange_direct(
+        self, call: _Call, headers: Mapping[str, str], remaining: float
+    ) -> _Answer:
+        body = call.body
+        if body is not None:
+            headers = {**headers, "Content-Length": str(len(body))}
+        response = self._connection_pool().urlopen(
+            call.method,
+            self._path_prefix + call.path,
+            body=body,
+            headers=headers,
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=False,
+            decode_content=False,
+            timeout=remaining,
+        )
+        try:
+            headers = response.headers
+            declared = headers.get("Content-Length")
+            self._check_declared(declared, call)
+            if declared is not None and "Content-Encoding" not in headers:
+                content = response.read()  # bounded by the declared length, checked above
+            else:  # chunked or compressed: never decode more than the cap
+                content = response.read(self._max_bytes + 1, decode_content=True)
+                if len(content) > self._max_bytes:
+                    raise self._too_big(call)
+        except BaseException:
+            response.close()  # the connection is in an unknown state: do not reuse it
+            raise
+        response.release_conn()
+        return _Answer(response.status, response.reason or "", response.headers, content)
+
+    def _exchange_adapter(
+        self, call: _Call, headers: Mapping[str, str], remaining: float
+    ) -> _Answer:
+        prepared = requests.PreparedRequest()
+        prepared.method = call.method
+        prepared.url = self.base_url + call.path
+        prepared.headers = requests.structures.CaseInsensitiveDict(headers)
+        if call.body is not None:
+            prepared.headers["Content-Length"] = str(len(call.body))
+        prepared.body = call.body
+        response = self._adapter.send(prepared, timeout=(remaining, remaining), **self._send_kwargs)
+        try:
+            self._check_declared(response.headers.get("Content-Length"), call)
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in response.iter_content(_CHUNK):
+                total += len(chunk)
+                if total > self._max_bytes:
+                    raise self._too_big(call)
+                chunks.append(chunk)
+        finally:
+            response.close()
+        return _Answer(
+            response.status_code, response.reason or "", response.headers, b"".join(chunks)
+        )
+
+    def _check_declared(self, declared: str | None, call: _Call) -> None:
         if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
             raise ParseError(
                 f"the {call.what} answer declares {declared} bytes, over the "
                 f"{self._max_bytes}-byte cap (config.max_response_bytes)"
             )
-        chunks: list[bytes] = []
-        total = 0
-        for chunk in response.iter_content(_CHUNK):
-            total += len(chunk)
-            if total > self._max_bytes:
-                raise ParseError(
-                    f"the {call.what} answer is over the {self._max_bytes}-byte cap "
-                    "(config.max_response_bytes)"
-                )
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_big(self, call: _Call) -> ParseError:
+        return ParseError(
+            f"the {call.what} answer is over the {self._max_bytes}-byte cap "
+            "(config.max_response_bytes)"
+        )
 
     @staticmethod
     def _deadline_error(call: _Call) -> DeadlineExceededError:
@@ -260,29 +394,37 @@ class Transport:
 
     def _map_exception(self, exc: Exception, call: _Call) -> PersonalizeError:
         """THE boundary: a dependency's exception becomes a PersonalizeError."""
-        where = f"{call.what} ({call.method} {call.url})"
-        if isinstance(exc, requests.Timeout) or _caused_by(exc, TimeoutError):
+        where = f"{call.what} ({call.method} {self.base_url}{call.path})"
+        if _caused_by(exc, socket.gaierror):
+            host = urlsplit(self.base_url).hostname
+            return NetworkError(f"{where}: host name {host!r} could not be resolved")
+        if _caused_by(exc, ConnectionRefusedError):
+            return NetworkError(f"{where}: connection refused")
+        timed_out = isinstance(exc, requests.Timeout) or (
+            isinstance(exc, urllib3.exceptions.TimeoutError)
+            and not isinstance(exc, urllib3.exceptions.NewConnectionError)
+        )
+        if timed_out or _caused_by(exc, TimeoutError):
             if time.monotonic() >= call.deadline - 0.005:
                 return self._deadline_error(call)
-            kind = "connect" if isinstance(exc, requests.ConnectTimeout) else "read"
-            return NetworkError(f"{where}: {kind} timed out")
-        if _caused_by(exc, socket.gaierror):
-            host = urlsplit(call.url).hostname
-            return NetworkError(f"{where}: host name {host!r} could not be resolved")
-        if isinstance(exc, requests.exceptions.SSLError):
+            connect = isinstance(
+                exc, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)
+            )
+            return NetworkError(f"{where}: {'connect' if connect else 'read'} timed out")
+        if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
             return NetworkError(f"{where}: TLS failed: {_short(exc)}")
-        if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-            return NetworkError(f"{where}: the connection broke while reading the answer")
-        if isinstance(exc, requests.exceptions.ContentDecodingError):
+        if isinstance(
+            exc, (requests.exceptions.ContentDecodingError, urllib3.exceptions.DecodeError)
+        ):
             return ParseError(f"{where}: the answer could not be decoded: {_short(exc)}")
-        if isinstance(exc, requests.ConnectionError):
-            if _caused_by(exc, ConnectionRefusedError):
-                return NetworkError(f"{where}: connection refused")
-            if _caused_by(exc, ConnectionResetError):
-                return NetworkError(f"{where}: connection reset by the server")
+        if _caused_by(exc, ConnectionResetError):
+            return NetworkError(f"{where}: connection reset by the server")
+        if isinstance(
+            exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)
+        ):
+            return NetworkError(f"{where}: the connection broke: {_short(exc)}")
+        if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError, OSError)):
             return NetworkError(f"{where}: connection failed: {_short(exc)}")
-        if isinstance(exc, (requests.RequestException, OSError)):
-            return NetworkError(f"{where}: {_short(exc)}")
         return PersonalizeError(
             f"{where} failed unexpectedly: {type(exc).__name__}: {_short(exc)}",
             code=ErrorCode.UNKNOWN,
@@ -312,18 +454,18 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _status_error(response: requests.Response, content: bytes, what: str) -> HTTPStatusError:
-    status = response.status_code
+def _status_error(answer: _Answer, what: str) -> HTTPStatusError:
+    status = answer.status
     envelope: Mapping[str, Any] = {}
     try:
-        decoded = json.loads(content) if content else {}
+        decoded = json.loads(answer.body) if answer.body else {}
         if isinstance(decoded, dict):
             envelope = decoded
     except ValueError:
         pass
     title = _str_or_none(envelope.get("title"))
     description = _str_or_none(envelope.get("description"))
-    headers = response.headers
+    headers = answer.headers
     request_id = next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None)
     if status == 403:
         code = ErrorCode.FEATURE_DISABLED
@@ -331,7 +473,7 @@ def _status_error(response: requests.Response, content: bytes, what: str) -> HTT
         code = ErrorCode.UNKNOWN_SERVER_ERROR
     else:
         code = ErrorCode.HTTP_ERROR
-    summary = ": ".join(p for p in (title, description) if p) or (response.reason or "no details")
+    summary = ": ".join(p for p in (title, description) if p) or (answer.reason or "no details")
     return HTTPStatusError(
         f"{what} answered HTTP {status}: {summary}",
         code=code,

@@ -24,7 +24,7 @@ from moengage_personalize import (
     RetryPolicy,
 )
 
-from conftest import (
+from support import (
     API_KEY,
     APP_ID,
     DEFAULT_META,

@@ -23,7 +23,7 @@ from moengage_personalize import (
     User,
 )
 
-from conftest import API_KEY, APP_ID, CONTEXT, Sleeps
+from support import API_KEY, APP_ID, CONTEXT, Sleeps
 
 EVENTS = "/v1/experiences/events"
 SHOWN = "MOE_PERSONALIZATION_MESSAGE_SHOWN"

@@ -16,7 +16,7 @@ from moengage_personalize import (
     __version__,
 )
 
-from conftest import (
+from support import (
     API_KEY,
     APP_ID,
     CONTEXT,

@@ -22,7 +22,7 @@ from moengage_personalize import (
     SDKDisabledError,
 )
 
-from conftest import API_KEY, APP_ID, DEFAULT_META, FUTURE_TIMEOUT, requests_to, served
+from support import API_KEY, APP_ID, DEFAULT_META, FUTURE_TIMEOUT, requests_to, served
 
 META = "/v1/experiences/metadata"
 

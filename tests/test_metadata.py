@@ -20,7 +20,7 @@ from moengage_personalize import (
     PersonalizeConfig,
 )
 
-from conftest import (
+from support import (
     API_KEY,
     APP_ID,
     DEFAULT_META,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
-from test_events import EVENTS, Recorder, campaign
 
 from moengage_personalize import MoEngagePersonalize, PersonalizeConfig
 
-from conftest import API_KEY, APP_ID, CONTEXT, Sleeps
+from support import API_KEY, APP_ID, CONTEXT, Sleeps
+from test_events import EVENTS, Recorder, campaign
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pytest_httpserver import HTTPServer
 
 from moengage_personalize import MoEngagePersonalize, PersonalizeConfig, RetryPolicy, User
 
-from conftest import API_KEY, APP_ID
+from support import API_KEY, APP_ID
 
 
 @pytest.mark.parametrize(
