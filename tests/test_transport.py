@@ -1,0 +1,103 @@
+"""Transport: injected sessions and adapters, compressed answers, connection reuse."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import requests
+import requests.adapters
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from moengage_personalize import ErrorCode, MoEngagePersonalize, PersonalizeConfig, PersonalizeError
+
+from support import API_KEY, APP_ID, DEFAULT_META, FUTURE_TIMEOUT, requests_to
+
+META = "/v1/experiences/metadata"
+
+
+class CountingAdapter(requests.adapters.HTTPAdapter):
+    """A custom adapter (as a mocking library or an app's own transport would mount)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    def send(self, request, **kwargs):  # type: ignore[no-untyped-def, override]
+        self.sent += 1
+        return super().send(request, **kwargs)
+
+
+def test_custom_adapter_sees_every_request(with_meta: HTTPServer, base_url: str) -> None:
+    """A session whose adapter overrides send() gets every request through it."""
+    session = requests.Session()
+    adapter = CountingAdapter()
+    session.mount("http://", adapter)
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, session=session) as c:
+        c.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+    assert adapter.sent == 1
+    session.get(base_url + "/experiences/metadata").close()  # the session stays the caller's
+
+
+def test_injected_session_headers_are_sent_and_session_kept_open(
+    with_meta: HTTPServer, base_url: str
+) -> None:
+    """Headers set on an injected session go out with every call; close() leaves it open."""
+    session = requests.Session()
+    session.headers["X-App"] = "shop"
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, session=session) as c:
+        c.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+    (req,) = requests_to(with_meta, META)
+    assert req.headers["X-App"] == "shop"
+    assert "python-requests" not in req.headers["User-Agent"]
+    assert session.get(base_url + "/experiences/metadata").status_code == 200
+
+
+def test_client_survives_its_session_pools_being_closed(
+    with_meta: HTTPServer, base_url: str
+) -> None:
+    """If the injected session's pools are closed under it, the client resolves a new one."""
+    session = requests.Session()
+    config = PersonalizeConfig(meta_ttl=0)
+    with MoEngagePersonalize(
+        APP_ID, api_key=API_KEY, base_url=base_url, session=session, config=config
+    ) as client:
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        session.close()
+        assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+
+
+def test_gzip_answers_are_decoded(httpserver: HTTPServer, client: MoEngagePersonalize) -> None:
+    """A gzip-encoded answer is decompressed."""
+    body = gzip.compress(json.dumps(DEFAULT_META).encode())
+    httpserver.expect_request(META).respond_with_data(
+        body, headers={"Content-Encoding": "gzip"}, content_type="application/json"
+    )
+    assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+
+
+def test_gzip_bomb_is_stopped_at_the_cap(httpserver: HTTPServer, base_url: str) -> None:
+    """A small compressed body that expands past max_response_bytes fails PARSE_ERROR."""
+    bomb = gzip.compress(b'{"metadata": {"experiences": [], "pad": "' + b"x" * 5_000_000 + b'"}}')
+    httpserver.expect_request(META).respond_with_data(
+        bomb, headers={"Content-Encoding": "gzip"}, content_type="application/json"
+    )
+    config = PersonalizeConfig(max_response_bytes=100_000)
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config) as c:
+        err = c.fetch_experiences_meta().exception(FUTURE_TIMEOUT)
+    assert isinstance(err, PersonalizeError)
+    assert err.code is ErrorCode.PARSE_ERROR
+
+
+def test_answer_without_content_length_is_read_whole(
+    httpserver: HTTPServer, client: MoEngagePersonalize
+) -> None:
+    """A chunked answer (no Content-Length) is read to its end."""
+
+    def chunked(_request: Request) -> Response:
+        text = json.dumps(DEFAULT_META)
+        return Response(iter([text[:10], text[10:]]), content_type="application/json")
+
+    httpserver.expect_request(META).respond_with_handler(chunked)
+    assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
