@@ -29,7 +29,7 @@ import sqlite3
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -469,6 +469,8 @@ def _scenarios() -> list[dict[str, Any]]:
             "title": "Jane, a gold member, on the cart page with 640 in her cart",
             "user": {"customer_id": "user_8821"},
             "attributes": {"current_page": "cart", "cart_value": "640"},
+            "clicks": {"homepage-banner": "Grab it"},
+            "offering_clicks": ["product-recommendations"],
             "keys": [
                 "homepage-banner",
                 "cart-free-delivery",
@@ -498,10 +500,12 @@ def _scenarios() -> list[dict[str, Any]]:
                 "TIME_OF_THE_DAY": "18",
             },
             "keys": ["email-welcome-back", "app-download-strip", "weekend-evening-deals"],
+            "clicks": {"email-welcome-back": "Apply coupon"},
         },
         {
             "title": "An anonymous visitor (no identifiers): only All Users audiences apply",
             "user": None,
+            "tracking_user": "session-7f3a9c",  # events need an id: the visitor's session
             "attributes": {"current_page": "home"},
             "keys": ["homepage-banner", "product-recommendations", "app-download-strip"],
         },
@@ -575,6 +579,7 @@ def run_demo() -> dict[str, Any]:
                                 "server": _server_view(server, customer_id, key),
                             }
                         )
+                _track(client, result.experiences, scenario)
                 report["visits"].append(
                     {
                         "title": scenario["title"],
@@ -585,9 +590,27 @@ def run_demo() -> dict[str, Any]:
                         "not_served": missed,
                     }
                 )
+            flushed = client.flush(timeout=5.0)
+            report["events"] = {"sent": flushed.sent, "completed": flushed.completed}
         finally:
             client.close()
+        report["stats"] = server.stats()
     return report
+
+
+def _track(client: Any, campaigns: Sequence[Any], scenario: Mapping[str, Any]) -> None:
+    """What the page would report: every campaign shown, the scenario's clicks."""
+    if not campaigns:
+        return
+    user = scenario.get("tracking_user")
+    client.experiences_shown(campaigns, user=user)
+    for campaign in campaigns:
+        b_id = scenario.get("clicks", {}).get(campaign.experience_key)
+        if b_id is not None:
+            client.experience_clicked(campaign, b_id=b_id, user=user)
+        if campaign.experience_key in scenario.get("offering_clicks", ()):
+            client.offerings_shown(campaign.offerings, user=user)
+            client.offering_clicked(campaign, campaign.offerings[0], user=user)
 
 
 def _server_view(server: PersonalizeServer, customer_id: str | None, key: str) -> dict[str, Any]:
@@ -636,5 +659,17 @@ def render_demo(report: dict[str, Any]) -> str:
             if server["outcome"] is not None and server["outcome"] != item["sdk_reason"]:
                 lines.append(f"       the server knows why: {server['outcome']}")
             lines.append(f"       server: {server['detail']}")
+    events = report.get("events", {})
+    lines += [
+        "",
+        f"Impressions and clicks: the SDK sent {events.get('sent', 0)} events; the server counts",
+        f"  {'experience':<24} {'variation':>9} {'impressions':>11} {'clicks':>6} {'CTR':>7}",
+    ]
+    for row in report.get("stats", []):
+        ctr = "-" if row["ctr"] is None else f"{row['ctr'] * 100:.0f}%"
+        lines.append(
+            f"  {row['experience_key'] or row['experience']:<24} {row['moe_variation_id']:>9} "
+            f"{row['impressions']:>11} {row['clicks']:>6} {ctr:>7}"
+        )
     lines += ["", "Client closed; server stopped."]
     return "\n".join(lines) + "\n"

@@ -73,6 +73,7 @@ def test_demo_runs_as_a_module_and_exits_0() -> None:
     assert "the server knows why: USER_IN_CAMPAIGN_CONTROL_GROUP" in out  # control group
     assert "no-such-experience: SDK says INVALID_EXPERIENCE_KEY" in out  # invalid key
     assert "offering off_101: Trail Running Shoes" in out  # an offering
+    assert "Impressions and clicks: the SDK sent 17 events" in out  # tracked, counted
     assert "Client closed; server stopped." in out
 
 
@@ -90,6 +91,9 @@ def test_demo_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) -> No
     control = [m for m in misses if m["server"]["outcome"] == "USER_IN_CAMPAIGN_CONTROL_GROUP"]
     assert control
     assert control[0]["sdk_reason"] == "USER_NOT_IN_SEGMENT"
+    assert report["events"]["completed"] is True
+    clicks = {r["experience_key"]: r["clicks"] for r in report["stats"] if r["clicks"]}
+    assert clicks == {"homepage-banner": 1, "email-welcome-back": 1, "product-recommendations": 1}
 
 
 # --- serve -------------------------------------------------------------------------------------
