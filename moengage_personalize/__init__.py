@@ -5,7 +5,7 @@ mobile SDKs' names. See the README for the quickstart and the Flutter-to-Python 
 """
 
 from ._client import MoEngagePersonalize
-from ._config import PersonalizeConfig, RetryPolicy, User
+from ._config import CircuitBreakerPolicy, PersonalizeConfig, RetryPolicy, User
 from ._models import (
     DataSource,
     ExperienceCampaign,
@@ -32,6 +32,7 @@ from .exceptions import (
 )
 
 __all__ = [
+    "CircuitBreakerPolicy",
     "ClientClosedError",
     "DataSource",
     "DeadlineExceededError",

@@ -11,6 +11,7 @@ import enum
 import functools
 import heapq
 import itertools
+import logging
 import math
 import threading
 import time
@@ -21,6 +22,7 @@ from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolEx
 from concurrent.futures import wait as wait_futures
 from typing import Any, TypeVar
 
+import attrs
 import requests
 
 from ._config import PersonalizeConfig, User, coerce_user
@@ -56,6 +58,8 @@ from .exceptions import (
 
 __all__ = ["MoEngagePersonalize"]
 
+log = logging.getLogger("moengage_personalize")
+
 T = TypeVar("T")
 
 RESERVED_ATTRIBUTES = frozenset({"identifiers", "experience_key"})
@@ -71,23 +75,50 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-def _settle(future: Future[Any], result: Any = None, error: BaseException | None = None) -> None:
-    """Complete ``future`` unless something (the deadline, close) already did."""
+def _settle(future: Future[Any], result: Any = None, error: BaseException | None = None) -> bool:
+    """Complete ``future`` unless something (the deadline, close) already did; True if it did."""
     try:
         if error is None:
             future.set_result(result)
         else:
             future.set_exception(error)
     except InvalidStateError:
-        pass
+        return False
+    return True
+
+
+class _Errors:
+    """Counts the errors callers get, by code, and calls ``config.on_error`` for each, on the
+    thread where the error surfaced; an exception inside the hook is logged and swallowed."""
+
+    def __init__(self, hook: Callable[[PersonalizeError], None] | None) -> None:
+        self._hook = hook
+        self._lock = threading.Lock()
+        self.by_code: dict[str, int] = {}
+
+    def fail(self, future: Future[Any], error: PersonalizeError) -> None:
+        if not _settle(future, error=error):
+            return  # the Future was already complete: this error reaches nobody
+        with self._lock:
+            self.by_code[error.code.value] = self.by_code.get(error.code.value, 0) + 1
+        if self._hook is not None:
+            try:
+                self._hook(error)
+            except Exception:
+                log.exception("moengage-personalize: config.on_error raised; ignored")
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.by_code)
 
 
 class _Deadlines:
     """One thread that fails Futures whose deadline passed (``requests`` cannot bound DNS look-ups
     or a trickling body, so the deadline completes the Future itself)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, errors: _Errors) -> None:
         self._timeout = timeout
+        self._errors = errors
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, Future[Any], str]] = []
         self._seq = itertools.count()
@@ -139,9 +170,9 @@ class _Deadlines:
                 if self._stopped:
                     return
             for future, what in expired:  # callbacks run outside the lock
-                _settle(
+                self._errors.fail(
                     future,
-                    error=DeadlineExceededError(
+                    DeadlineExceededError(
                         f"{what} did not complete within its deadline of {self._timeout:g} s "
                         "(config.timeout)"
                     ),
@@ -281,12 +312,13 @@ class MoEngagePersonalize:
         self._app_id = app_id
         self._config = config
         self._transport = Transport(url, app_id, api_key, config, session)
-        self._core = Core(self._transport, config)
+        self._core = Core(self._transport, config, self._background)
         self._owns_executor = executor is None
         self._executor: Executor = executor or ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="moengage-personalize"
         )
-        self._deadlines = _Deadlines(config.timeout)
+        self._errors = _Errors(config.on_error)
+        self._deadlines = _Deadlines(config.timeout, self._errors)
         self._lock = threading.Lock()
         self._events = EventPipeline(self._transport, config)
         self._state = _State.OPEN
@@ -369,27 +401,47 @@ class MoEngagePersonalize:
     ) -> Future[ExperienceCampaignsResult]:
         attrs_ = _check_attributes(attributes)
         who = coerce_user(user)
+        if self._state is _State.OPEN and self._config.enabled:
+            cached = self._core.cached_result(keys, attrs_, who)
+            if cached is not None:  # complete at once, on the caller's thread
+                future: Future[ExperienceCampaignsResult] = Future()
+                future.set_result(cached)
+                return future
         return self._submit("fetching experiences", self._core.fetch, keys, attrs_, who)
 
     def _submit(self, what: str, fn: Callable[..., T], *args: Any) -> Future[T]:
         future: Future[T] = Future()
         if self._state is not _State.OPEN:
-            future.set_exception(ClientClosedError(f"{what}: the client is closed"))
+            self._errors.fail(future, ClientClosedError(f"{what}: the client is closed"))
             return future
         if not self._config.enabled:
-            future.set_exception(SDKDisabledError(f"{what}: the client was built disabled"))
+            self._errors.fail(future, SDKDisabledError(f"{what}: the client was built disabled"))
+            return future
+        breaker = self._core.breaker
+        refused = breaker.blocked() if breaker is not None else None
+        if refused is not None:
+            self._errors.fail(future, refused)
             return future
         deadline = time.monotonic() + self._config.timeout
         self._deadlines.add(deadline, future, what)
         try:
             self._executor.submit(self._run, future, fn, args, deadline)
         except RuntimeError as exc:  # executor shut down, or interpreter shutting down
-            _settle(future, error=ClientClosedError(f"{what}: cannot run: {exc}"))
+            self._errors.fail(future, ClientClosedError(f"{what}: cannot run: {exc}"))
         return future
 
-    @staticmethod
+    def _background(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` on a worker (metadata refreshes); False if the client cannot."""
+        if self._state is not _State.OPEN:
+            return False
+        try:
+            self._executor.submit(fn)
+        except RuntimeError:
+            return False
+        return True
+
     def _run(
-        future: Future[T], fn: Callable[..., T], args: tuple[Any, ...], deadline: float
+        self, future: Future[T], fn: Callable[..., T], args: tuple[Any, ...], deadline: float
     ) -> None:
         if future.done():
             return  # failed (deadline passed, client closed) while queued
@@ -401,13 +453,13 @@ class MoEngagePersonalize:
         try:
             result = fn(*args, deadline)
         except PersonalizeError as exc:
-            _settle(future, error=exc)
+            self._errors.fail(future, exc)
         except BaseException as exc:  # never let a foreign exception out of a Future
             error = PersonalizeError(
                 f"unexpected {type(exc).__name__}: {exc}", code=ErrorCode.UNKNOWN
             )
             error.__cause__ = exc
-            _settle(future, error=error)
+            self._errors.fail(future, error)
         else:
             _settle(future, result=result)
 
@@ -523,8 +575,21 @@ class MoEngagePersonalize:
         return self._events.flush(_check_timeout(timeout))
 
     def stats(self) -> PersonalizeStats:
-        """A snapshot of the client's counters."""
-        return self._events.stats()
+        """A snapshot of the client's counters (requests, retries, failures by code, cache,
+        coalesced calls, circuit state, events)."""
+        breaker = self._core.breaker
+        return attrs.evolve(
+            self._events.stats(),
+            requests=self._transport.requests.value,
+            retries=self._transport.retries.value,
+            failures=self._errors.snapshot(),
+            cache_hits=self._core.cache_hits.value,
+            cache_misses=self._core.cache_misses.value,
+            stale_served=self._core.stale_served.value,
+            coalesced=self._core.coalesced,
+            circuit_state=breaker.state.value if breaker is not None else "disabled",
+            circuit_opened=breaker.opened.value if breaker is not None else 0,
+        )
 
     @staticmethod
     def _record(
@@ -576,12 +641,12 @@ class MoEngagePersonalize:
         pending = self._deadlines.pending()
         for future in pending:
             if not future.running():
-                _settle(
-                    future, error=ClientClosedError("the client was closed before the call ran")
+                self._errors.fail(
+                    future, ClientClosedError("the client was closed before the call ran")
                 )
         wait_futures(pending, timeout=timeout)
         for future in pending:
-            _settle(future, error=ClientClosedError("the client was closed while the call ran"))
+            self._errors.fail(future, ClientClosedError("the client was closed while the call ran"))
         self._deadlines.stop(timeout=1.0)
         self._transport.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["PersonalizeConfig", "RetryPolicy", "User"]
+__all__ = ["CircuitBreakerPolicy", "PersonalizeConfig", "RetryPolicy", "User"]
 
 _MAX_TZ_OFFSET = 54_000  # seconds; the events API's documented bound
 
@@ -79,6 +79,37 @@ class RetryPolicy:
     max_retry_after: float = _duration_field("retry.max_retry_after", 30.0)
 
 
+@attrs.frozen(kw_only=True)
+class CircuitBreakerPolicy:
+    """When the fetch path stops calling a failing service and fails fast instead.
+
+    The circuit opens after ``failure_threshold`` consecutive failures (network errors, 5xx, 429,
+    unparsable answers), or at once on a 401 when ``open_on_401``; while open, fetches fail at once
+    with the error that opened it; after ``cool_down`` one trial call goes through and closes it
+    again if it succeeds. The event pipeline has its own back-off and is not affected.
+    """
+
+    failure_threshold: int = attrs.field(
+        default=5, validator=_positive_int("circuit_breaker.failure_threshold")
+    )
+    cool_down: float = _duration_field("circuit_breaker.cool_down", 30.0)
+    open_on_401: bool = attrs.field(default=True, validator=_bool("circuit_breaker.open_on_401"))
+
+
+def _breaker_policy(value: Any) -> CircuitBreakerPolicy | None:
+    if value is not None and not isinstance(value, CircuitBreakerPolicy):
+        raise TypeError(f"circuit_breaker must be a CircuitBreakerPolicy or None, not {value!r}")
+    return value
+
+
+def _optional_callable(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_inst: Any, _attr: Any, value: Any) -> None:
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be callable or None, not {value!r}")
+
+    return check
+
+
 def _retry_policy(value: Any) -> RetryPolicy:
     if not isinstance(value, RetryPolicy):
         raise TypeError(f"retry must be a RetryPolicy, not {value!r}")
@@ -137,6 +168,15 @@ class PersonalizeConfig:
     retry: RetryPolicy = attrs.field(factory=RetryPolicy, converter=_retry_policy)
     max_workers: int = attrs.field(default=None, converter=_workers)
     meta_ttl: float = _duration_field("meta_ttl", 900.0)
+    cache_ttl: float = _duration_field("cache_ttl", 0.0)
+    cache_size: int = attrs.field(default=10_000, validator=_positive_int("cache_size"))
+    stale_if_error: float = _duration_field("stale_if_error", 0.0)
+    circuit_breaker: CircuitBreakerPolicy | None = attrs.field(
+        factory=CircuitBreakerPolicy, converter=_breaker_policy
+    )
+    on_error: Callable[[Any], None] | None = attrs.field(
+        default=None, validator=_optional_callable("on_error"), repr=False, eq=False
+    )
     max_response_bytes: int = attrs.field(
         default=10 * 1024 * 1024, validator=_positive_int("max_response_bytes")
     )

@@ -11,7 +11,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -28,8 +28,9 @@ from ._models import (
     ExperienceFailureReason,
     ExperienceStatus,
 )
+from ._resilience import CircuitBreaker, Counter, LRUCache, SingleFlight
 from ._transport import Transport
-from .exceptions import DeadlineExceededError, PersonalizeError
+from .exceptions import ErrorCode, PersonalizeError
 
 log = logging.getLogger("moengage_personalize")
 
@@ -53,28 +54,69 @@ def _utc_day_and_hour(epoch_hour: int) -> tuple[str, str]:
 class _MetaSnapshot:
     experiences: tuple[ExperienceCampaignMeta, ...]
     by_key: Mapping[str, ExperienceCampaignMeta]
-    fresh_until: float  # config.clock() value
+    refresh_at: float  # config.clock() value: a background refresh starts from here
 
 
-class _Flight:
-    """One metadata load in progress; concurrent callers wait on it instead of sending their own."""
+UserKey = tuple[Any, ...] | None
+CacheKey = tuple[UserKey, str, tuple[tuple[str, str], ...]]
+_STALE_OK = (ErrorCode.NETWORK_ERROR, ErrorCode.UNKNOWN_SERVER_ERROR)
 
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: PersonalizeError | None = None
+
+def user_key(user: User | None) -> UserKey:
+    """The identity part of cache and single-flight keys."""
+    if user is None:
+        return None
+    ids = tuple(sorted(user.user_identifiers.items())) if user.user_identifiers else None
+    return (user.customer_id, ids, user.ip_address, user.user_agent)
 
 
 class Core:
-    """Blocking implementation behind the Future-returning facade. Thread-safe."""
+    """Blocking implementation behind the Future-returning facade. Thread-safe.
 
-    def __init__(self, transport: Transport, config: PersonalizeConfig) -> None:
+    ``background`` runs a function off the caller's thread (the facade's executor) and says whether
+    it could; metadata refreshes use it so that no caller waits for them after the first load.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        config: PersonalizeConfig,
+        background: Callable[[Callable[[], None]], bool],
+    ) -> None:
         self._transport = transport
         self._config = config
         self._clock = config.clock
+        self._background = background
         self._lock = threading.Lock()
         self._meta: _MetaSnapshot | None = None
-        self._flight: _Flight | None = None
+        self._refreshing = False
         self._retry_refresh_at = 0.0
+        self._flights = SingleFlight()
+        self._breaker = (
+            CircuitBreaker(config.circuit_breaker) if config.circuit_breaker is not None else None
+        )
+        self._cache: LRUCache[CacheKey, ExperienceCampaign | None] | None = None
+        if config.cache_ttl > 0 or config.stale_if_error > 0:
+            self._cache = LRUCache(config.cache_size, config.clock)
+        self.cache_hits = Counter()
+        self.cache_misses = Counter()
+        self.stale_served = Counter()
+
+    def after_fork(self) -> None:
+        """In a forked child: locks and in-flight state of the parent's threads are void."""
+        self._lock = threading.Lock()
+        self._refreshing = False
+        self._flights.reset()
+        if self._cache is not None:
+            self._cache.reset_lock()
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        return self._breaker
+
+    @property
+    def coalesced(self) -> int:
+        return self._flights.coalesced.value
 
     # metadata ------------------------------------------------------------------------------
 
@@ -88,64 +130,105 @@ class Core:
         )
 
     def _metadata(self, deadline: float) -> tuple[_MetaSnapshot, DataSource]:
-        """The metadata snapshot, loading or refreshing it (one request for all callers)."""
-        now = self._clock()
+        """The metadata snapshot. Once loaded it is always served from memory; from 90% of
+        ``meta_ttl`` on, one background refresh replaces it (stale-while-revalidate)."""
         snapshot = self._meta
-        if snapshot is not None and (now < snapshot.fresh_until or now < self._retry_refresh_at):
+        if snapshot is not None and self._config.meta_ttl > 0:
+            now = self._clock()
+            if now >= snapshot.refresh_at and now >= self._retry_refresh_at:
+                self._schedule_refresh()
             return snapshot, DataSource.CACHE
-        with self._lock:
-            snapshot = self._meta
-            if snapshot is not None and now < snapshot.fresh_until:
-                return snapshot, DataSource.CACHE
-            flight = self._flight
-            leader = flight is None
-            if flight is None:
-                flight = self._flight = _Flight()
-        if leader:
-            self._load(flight, deadline)
-        elif not flight.done.wait(max(0.0, deadline - time.monotonic())):
-            raise DeadlineExceededError(
-                f"loading metadata did not complete within the deadline of "
-                f"{self._config.timeout:g} s (config.timeout)"
-            )
-        if flight.error is None:
-            assert self._meta is not None
-            return self._meta, DataSource.NETWORK
-        if snapshot is not None:  # a failed refresh: the stale list keeps serving
-            return snapshot, DataSource.CACHE
-        raise flight.error
-
-    def _load(self, flight: _Flight, deadline: float) -> None:
         try:
-            body = self._transport.request("GET", META_PATH, None, deadline, what="metadata")
-            experiences = tuple(_converters.structure_metadata(body))
-        except PersonalizeError as exc:
-            flight.error = exc
-            with self._lock:
-                stale = self._meta is not None
-                if stale:
-                    self._retry_refresh_at = self._clock() + META_RETRY_INTERVAL
-            if stale:
-                log.warning(
-                    "refreshing experience metadata failed (%s); serving the cached list, "
-                    "retrying in %g s",
-                    exc,
-                    META_RETRY_INTERVAL,
-                )
-        else:
-            snapshot = _MetaSnapshot(
-                experiences=experiences,
-                by_key={m.experience_key: m for m in experiences},
-                fresh_until=self._clock() + self._config.meta_ttl,
+            loaded, _ = self._flights.do(
+                "metadata", lambda: self._load_meta(deadline), deadline, self._config.timeout
             )
+        except PersonalizeError:
+            if snapshot is not None:  # meta_ttl=0 and the reload failed: the last list serves
+                return snapshot, DataSource.CACHE
+            raise
+        return loaded, DataSource.NETWORK
+
+    def _schedule_refresh(self) -> None:
+        with self._lock:
+            if self._refreshing:
+                return
+            self._refreshing = True
+        if not self._background(self._refresh):
             with self._lock:
-                self._meta = snapshot
+                self._refreshing = False
+
+    def _refresh(self) -> None:
+        try:
+            deadline = time.monotonic() + self._config.timeout
+            self._flights.do(
+                "metadata", lambda: self._load_meta(deadline), deadline, self._config.timeout
+            )
+        except PersonalizeError as exc:
+            self._retry_refresh_at = self._clock() + META_RETRY_INTERVAL
+            log.warning(
+                "refreshing experience metadata failed (%s); serving the cached list, "
+                "retrying in %g s",
+                exc,
+                META_RETRY_INTERVAL,
+            )
         finally:
             with self._lock:
-                self._flight = None
-            flight.done.set()
+                self._refreshing = False
+
+    def _load_meta(self, deadline: float) -> _MetaSnapshot:
+        body = self._guarded_request("GET", META_PATH, None, deadline, "metadata")
+        experiences = tuple(_converters.structure_metadata(body))
+        snapshot = _MetaSnapshot(
+            experiences=experiences,
+            by_key={m.experience_key: m for m in experiences},
+            refresh_at=self._clock() + 0.9 * self._config.meta_ttl,
+        )
+        self._meta = snapshot
+        return snapshot
+
+    def _guarded_request(
+        self, method: str, path: str, body: Any, deadline: float, what: str
+    ) -> Any:
+        """A request through the circuit breaker."""
+        breaker = self._breaker
+        if breaker is not None:
+            refused = breaker.check()
+            if refused is not None:
+                raise refused
+        try:
+            answer = self._transport.request(method, path, body, deadline, what=what)
+        except PersonalizeError as exc:
+            if breaker is not None:
+                breaker.failure(exc)
+            raise
+        if breaker is not None:
+            breaker.success()
+        return answer
 
     # experiences ---------------------------------------------------------------------------
+
+    def cached_result(
+        self, keys: Sequence[str], attributes: Mapping[str, str], user: User | None
+    ) -> ExperienceCampaignsResult | None:
+        """The whole result from memory (metadata and every fetchable key fresh in the cache),
+        or None: the caller's thread calls this before handing the call to a worker."""
+        if self._cache is None or self._config.cache_ttl <= 0:
+            return None
+        snapshot = self._meta
+        if snapshot is None or self._config.meta_ttl <= 0:
+            return None
+        wanted, failures = _resolve(keys, snapshot)
+        ukey, akey = user_key(user), tuple(sorted(attributes.items()))
+        found: dict[str, ExperienceCampaign | None] = {}
+        for key in wanted:
+            hit, value = self._cache.get((ukey, key, akey), self._config.cache_ttl)
+            if not hit:
+                return None
+            found[key] = value
+        if self._clock() >= snapshot.refresh_at:
+            self._schedule_refresh()
+        self.cache_hits.add(len(wanted))
+        return _assemble(keys, wanted, found, failures)
 
     def fetch(
         self,
@@ -155,39 +238,78 @@ class Core:
         deadline: float,
     ) -> ExperienceCampaignsResult:
         snapshot, _ = self._metadata(deadline)
-        failures: dict[ExperienceFailureReason, list[str]] = {}
-        wanted: list[str] = []
-        for key in dict.fromkeys(keys):  # duplicates asked once, request order kept
-            meta = snapshot.by_key.get(key)
-            if meta is None:
-                failures.setdefault(ExperienceFailureReason.INVALID_EXPERIENCE_KEY, []).append(key)
-            elif meta.status in _INACTIVE:
-                failures.setdefault(ExperienceFailureReason.EXPERIENCE_NOT_ACTIVE, []).append(key)
-            elif len(wanted) < MAX_KEYS_PER_CALL:
-                wanted.append(key)
-            else:
-                failures.setdefault(ExperienceFailureReason.MAX_LIMIT_BREACHED, []).append(key)
-        campaigns: list[ExperienceCampaign] = []
-        if wanted:
-            body = self.fetch_body(wanted, attributes, user)
-            answer = self._transport.request("POST", FETCH_PATH, body, deadline, what="fetch")
-            served = _converters.structure_fetch(answer)
+        wanted, failures = _resolve(keys, snapshot)
+        ukey, akey = user_key(user), tuple(sorted(attributes.items()))
+        found: dict[str, ExperienceCampaign | None] = {}
+        ask = wanted
+        cache = self._cache
+        if cache is not None and self._config.cache_ttl > 0:
+            ask = []
             for key in wanted:
-                wire = served.get(key)
-                if wire is None:
-                    failures.setdefault(ExperienceFailureReason.USER_NOT_IN_SEGMENT, []).append(key)
+                hit, value = cache.get((ukey, key, akey), self._config.cache_ttl)
+                if hit:
+                    found[key] = value
                 else:
-                    campaigns.append(
-                        _converters.build_campaign(key, wire, user, DataSource.NETWORK)
+                    ask.append(key)
+            self.cache_hits.add(len(wanted) - len(ask))
+            self.cache_misses.add(len(ask))
+        if ask:
+            try:
+                served, _ = self._flights.do(
+                    (ukey, tuple(ask), akey),
+                    lambda: self._ask(ask, attributes, user, deadline),
+                    deadline,
+                    self._config.timeout,
+                )
+            except PersonalizeError as exc:
+                stale = self._stale(ask, ukey, akey, exc)
+                if stale is None:
+                    raise
+                found.update(stale)
+            else:
+                for key in ask:
+                    wire = served.get(key)
+                    campaign = (
+                        None
+                        if wire is None
+                        else _converters.build_campaign(key, wire, user, DataSource.NETWORK)
                     )
-        order: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            order.setdefault(key, i)
-        grouped = sorted(failures.items(), key=lambda item: order[item[1][0]])
-        return ExperienceCampaignsResult(
-            experiences=campaigns,
-            failures=[ExperienceCampaignFailure(reason, ks) for reason, ks in grouped],
-        )
+                    found[key] = campaign
+                    if cache is not None:
+                        cached = None if campaign is None else _as_cached(campaign)
+                        cache.put((ukey, key, akey), cached)
+        return _assemble(keys, wanted, found, failures)
+
+    def _ask(
+        self, keys: list[str], attributes: Mapping[str, str], user: User | None, deadline: float
+    ) -> dict[str, Any]:
+        body = self.fetch_body(keys, attributes, user)
+        answer = self._guarded_request("POST", FETCH_PATH, body, deadline, "fetch")
+        return _converters.structure_fetch(answer)
+
+    def _stale(
+        self,
+        keys: list[str],
+        ukey: UserKey,
+        akey: tuple[tuple[str, str], ...],
+        error: PersonalizeError,
+    ) -> dict[str, ExperienceCampaign | None] | None:
+        """Cached values up to ``stale_if_error`` old for every key, when the network failed."""
+        cache = self._cache
+        max_age = self._config.stale_if_error
+        if cache is None or max_age <= 0:
+            return None
+        if error.code not in _STALE_OK and error.status_code != 429:
+            return None
+        found: dict[str, ExperienceCampaign | None] = {}
+        for key in keys:
+            hit, value = cache.get((ukey, key, akey), max_age)
+            if not hit:
+                return None
+            found[key] = value
+        self.stale_served.add(len(keys))
+        log.warning("serving %d cached experiences after a failure: %s", len(keys), error)
+        return found
 
     @staticmethod
     def fetch_body(
@@ -210,3 +332,50 @@ class Core:
                 body["USER_AGENT"] = user.user_agent
         body.update(attributes)
         return body
+
+
+def _as_cached(campaign: ExperienceCampaign) -> ExperienceCampaign:
+    return attrs.evolve(campaign, source=DataSource.CACHE)
+
+
+def _resolve(
+    keys: Sequence[str], snapshot: _MetaSnapshot
+) -> tuple[list[str], dict[ExperienceFailureReason, list[str]]]:
+    """The keys to fetch (active, first 25, duplicates once) and failures known from metadata."""
+    failures: dict[ExperienceFailureReason, list[str]] = {}
+    wanted: list[str] = []
+    for key in dict.fromkeys(keys):  # duplicates asked once, request order kept
+        meta = snapshot.by_key.get(key)
+        if meta is None:
+            failures.setdefault(ExperienceFailureReason.INVALID_EXPERIENCE_KEY, []).append(key)
+        elif meta.status in _INACTIVE:
+            failures.setdefault(ExperienceFailureReason.EXPERIENCE_NOT_ACTIVE, []).append(key)
+        elif len(wanted) < MAX_KEYS_PER_CALL:
+            wanted.append(key)
+        else:
+            failures.setdefault(ExperienceFailureReason.MAX_LIMIT_BREACHED, []).append(key)
+    return wanted, failures
+
+
+def _assemble(
+    keys: Sequence[str],
+    wanted: list[str],
+    found: Mapping[str, ExperienceCampaign | None],
+    failures: dict[ExperienceFailureReason, list[str]],
+) -> ExperienceCampaignsResult:
+    """Campaigns in request order; a key asked and not served fails ``USER_NOT_IN_SEGMENT``."""
+    campaigns: list[ExperienceCampaign] = []
+    for key in wanted:
+        campaign = found.get(key)
+        if campaign is None:
+            failures.setdefault(ExperienceFailureReason.USER_NOT_IN_SEGMENT, []).append(key)
+        else:
+            campaigns.append(campaign)
+    order: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        order.setdefault(key, i)
+    grouped = sorted(failures.items(), key=lambda item: order[item[1][0]])
+    return ExperienceCampaignsResult(
+        experiences=campaigns,
+        failures=[ExperienceCampaignFailure(reason, ks) for reason, ks in grouped],
+    )

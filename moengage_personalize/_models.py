@@ -200,12 +200,26 @@ class FlushReport:
 class PersonalizeStats:
     """A snapshot of the client's counters.
 
+    Fetch path: ``requests`` (HTTP requests sent, events included), ``retries``, ``failures``
+    (errors handed to callers, by code), ``cache_hits`` / ``cache_misses`` (experience cache, per
+    key), ``stale_served`` (cached values served after a failure, ``stale_if_error``),
+    ``coalesced`` (calls that shared an identical one in flight), ``circuit_state`` (``closed``,
+    ``open``, ``half_open`` or ``disabled``) and ``circuit_opened`` (times it opened).
     Events: ``events_queued`` (accepted by tracking calls), ``events_sent`` (accepted by the
     service), ``events_retried`` (event sends retried), ``events_failed`` (rejected by the
     service), ``events_pending`` (queued or in flight), ``events_dropped`` (by cause:
     ``queue_full``, ``closed``, ``disabled``, ``store_full``).
     """
 
+    requests: int = 0
+    retries: int = 0
+    failures: Mapping[str, int] = attrs.field(factory=dict)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    stale_served: int = 0
+    coalesced: int = 0
+    circuit_state: str = "closed"
+    circuit_opened: int = 0
     events_queued: int = 0
     events_sent: int = 0
     events_retried: int = 0

@@ -36,6 +36,7 @@ import urllib3.connectionpool
 import urllib3.exceptions
 
 from ._config import PersonalizeConfig, RetryPolicy
+from ._resilience import Counter
 from ._version import __version__
 from .exceptions import (
     DeadlineExceededError,
@@ -213,6 +214,8 @@ class Transport:
         ):
             self._http_adapter = self._adapter
         self._retrying = _build_retrying(config.retry, config.sleep)
+        self.requests = Counter()
+        self.retries = Counter()
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url}>"
@@ -242,6 +245,7 @@ class Transport:
     def _replay_then_attempt(self, call: _Call, first: list[PersonalizeError]) -> Any:
         if first:
             raise first.pop()
+        self.retries.add()
         return self._attempt(call)
 
     def send_once(
@@ -268,6 +272,7 @@ class Transport:
         if remaining <= 0:
             raise self._deadline_error(call)
         headers = self._post_headers if call.body is not None else self._get_headers
+        self.requests.add()
         try:
             if self._http_adapter is not None:
                 answer = self._exchange_direct(call, headers, remaining)

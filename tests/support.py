@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pytest_httpserver import HTTPServer
@@ -125,3 +127,13 @@ class SilentServer:
         for conn in self._conns:
             conn.close()
         self.sock.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes (for background work)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()

@@ -29,6 +29,7 @@ from support import (
     meta_body,
     requests_to,
     served,
+    wait_for,
 )
 
 META = "/v1/experiences/metadata"
@@ -74,16 +75,20 @@ def test_status_filter_is_applied_locally_on_the_cached_list(
     assert reqs[0].query_string == b""
 
 
-def test_cache_expires_after_meta_ttl(
+def test_metadata_refreshes_in_the_background_before_it_expires(
     with_meta: HTTPServer, client: MoEngagePersonalize, clock: FakeClock
 ) -> None:
-    """Within meta_ttl the list is served from cache; after it, it is loaded again."""
+    """From 90% of meta_ttl on, one background refresh replaces the list; no caller waits."""
     client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
-    clock.advance(899)
+    clock.advance(800)
     assert client.fetch_experiences_meta().result(FUTURE_TIMEOUT).source is DataSource.CACHE
-    clock.advance(2)
-    assert client.fetch_experiences_meta().result(FUTURE_TIMEOUT).source is DataSource.NETWORK
-    assert len(requests_to(with_meta, META)) == 2
+    assert len(requests_to(with_meta, META)) == 1
+    clock.advance(20)  # past 90% of 900 s
+    futures = [client.fetch_experiences_meta() for _ in range(5)]
+    assert all(f.result(FUTURE_TIMEOUT).source is DataSource.CACHE for f in futures)
+    assert wait_for(lambda: len(requests_to(with_meta, META)) == 2)
+    time.sleep(0.05)
+    assert len(requests_to(with_meta, META)) == 2  # one refresh for all callers
 
 
 def test_fetch_loads_metadata_on_demand_once(
@@ -128,7 +133,8 @@ def test_failed_refresh_keeps_serving_the_stale_list(
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """When a refresh of expired metadata fails, the stale list serves (CACHE) and a warning logs."""
+    """When a refresh fails, the stale list keeps serving (CACHE), a warning is logged, and the
+    refresh is tried again later, not on every call."""
     httpserver.expect_oneshot_request(META).respond_with_json(DEFAULT_META)
     httpserver.expect_request(META).respond_with_json({"title": "boom"}, status=500)
     httpserver.expect_request("/v1/experiences/fetch").respond_with_json(served("cart-upsell"))
@@ -136,15 +142,18 @@ def test_failed_refresh_keeps_serving_the_stale_list(
     clock.advance(1000)
     with caplog.at_level("WARNING", logger="moengage_personalize"):
         meta = client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
-    assert meta.source is DataSource.CACHE
-    assert len(meta.experiences) == 4
-    assert "serving the cached list" in caplog.text
+        assert meta.source is DataSource.CACHE
+        assert len(meta.experiences) == 4
+        assert wait_for(lambda: "serving the cached list" in caplog.text)
     result = client.fetch_experience("cart-upsell").result(FUTURE_TIMEOUT)
     assert [c.experience_key for c in result.experiences] == ["cart-upsell"]
-    # the refresh is retried later, not on every call
     n = len(requests_to(httpserver, META))
     client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+    time.sleep(0.05)
     assert len(requests_to(httpserver, META)) == n
+    clock.advance(11)  # past the retry interval: tried again
+    client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+    assert wait_for(lambda: len(requests_to(httpserver, META)) > n)
 
 
 def test_never_loaded_metadata_fails_the_fetch(
@@ -187,5 +196,6 @@ def test_key_activated_after_refresh_is_fetched(
     first = client.fetch_experience("k").result(FUTURE_TIMEOUT)
     assert first.failures[0].reason is ExperienceFailureReason.EXPERIENCE_NOT_ACTIVE
     clock.advance(901)
-    second = client.fetch_experience("k").result(FUTURE_TIMEOUT)
-    assert [c.experience_key for c in second.experiences] == ["k"]
+    client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+    assert wait_for(lambda: len(requests_to(httpserver, META)) == 2)
+    assert wait_for(lambda: client.fetch_experience("k").result(FUTURE_TIMEOUT).experiences != [])
