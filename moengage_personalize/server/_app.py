@@ -42,7 +42,7 @@ from urllib.parse import parse_qs
 
 from ._definitions import Definitions
 from ._store import CLICKED, SHOWN, EventStore
-from ._targeting import Decision, Outcome, evaluate, resolve_identity
+from ._targeting import Decision, Identity, Outcome, evaluate, resolve_identity
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "PersonalizeApp", "WSGIEnviron"]
 
@@ -458,7 +458,7 @@ class PersonalizeApp:
     def _decide(
         self,
         key: str,
-        identity: Any,
+        identity: Identity,
         session: Mapping[str, str],
         now: dt.datetime,
         asked: bool,

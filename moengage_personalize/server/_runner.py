@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import json
 import logging
 import os
 import socket
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -132,6 +134,23 @@ class _WSGIHandler(http.server.BaseHTTPRequestHandler):
         self.expects_continue = True  # answered when the application reads the body
         return True
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """An HTTP-level error (unparsable request line or headers) in the contract's JSON
+        envelope, with ``x-request-id`` like every other answer; the connection is closed."""
+        title, default = self.responses.get(code, ("Error", ""))
+        body = json.dumps(
+            {"title": title, "description": message or explain or default or title}
+        ).encode("utf-8")
+        self.close_connection = True
+        self.send_response(code, title)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-request-id", uuid.uuid4().hex)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
     def send_continue(self) -> None:
         self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.wfile.flush()
@@ -164,13 +183,14 @@ class _WSGIHandler(http.server.BaseHTTPRequestHandler):
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         length: int | None = None
         if length_text is not None and not chunked:
-            if not length_text.strip().isdigit():
-                self.send_error(400, "Invalid Content-Length")
+            if length_text.strip().isdigit():
+                length = int(length_text)
+            else:  # the application answers it; the body's end is unknown: close after
                 self.close_connection = True
-                return
-            length = int(length_text)
         body = _BodyReader(self, length, chunked)
         environ = self._environ(body, length, chunked)
+        if length is None and length_text is not None and not chunked:
+            environ["CONTENT_LENGTH"] = length_text
         status_line: list[str] = []
         response_headers: list[tuple[str, str]] = []
 
@@ -277,6 +297,8 @@ class _ThreadingServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = os.name != "nt"
 
     def __init__(self, address: tuple[str, int], app: PersonalizeApp) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         self.app = app
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()

@@ -515,3 +515,21 @@ def test_stop_ends_kept_alive_connections_promptly() -> None:
     server.stop()
     session.close()
     assert time.monotonic() - started < 2
+
+
+def test_an_invalid_content_length_is_a_400_envelope(api: Any) -> None:
+    """Content-Length: abc is answered with the JSON envelope, then the connection closes."""
+    raw = api.raw(_post_head(api.server, 0).replace(b"Content-Length: 0", b"Content-Length: abc"))
+    assert api.status_of(raw) == 400
+    assert api.body_of(raw) == {
+        "title": "Request Error",
+        "description": "Invalid Content-Length header: 'abc'.",
+    }
+
+
+def test_http_level_errors_use_the_envelope_and_a_request_id(api: Any) -> None:
+    """An over-long request line gets 414 as a JSON envelope with x-request-id."""
+    raw = api.raw(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", shut_write=True)
+    assert api.status_of(raw) == 414
+    assert b"\r\nx-request-id: " in raw
+    assert api.body_of(raw)["title"] == "Request-URI Too Long"
