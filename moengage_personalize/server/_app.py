@@ -467,13 +467,13 @@ class PersonalizeApp:
         if experience is None:
             return Decision(key, Outcome.INVALID_EXPERIENCE_KEY, "no experience has this key")
         status = experience.status_at(now)
+        if status != "Active" and not asked:
+            return None  # "every experience for the user" means the live ones
         if status is None:
             return Decision(
                 key, Outcome.EXPERIENCE_EXPIRED, f"the experience ended at {experience.end_time}"
             )
         if status != "Active":
-            if not asked:
-                return None  # "every experience for the user" means the live ones
             since = "" if status == "Paused" else f" until {experience.start_time}"
             return Decision(
                 key, Outcome.EXPERIENCE_NOT_ACTIVE, f"the experience is {status}{since}"

@@ -305,9 +305,13 @@ class _ThreadingServer(http.server.ThreadingHTTPServer):
         self._handlers: set[threading.Thread] = set()
         super().__init__(address, _WSGIHandler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:  # registered before its thread starts, so stop() always sees it
+            self._open.add(request)
+        super().process_request(request, client_address)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
-            self._open.add(request)
             self._handlers.add(threading.current_thread())
         try:
             super().process_request_thread(request, client_address)
