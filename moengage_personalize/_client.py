@@ -13,6 +13,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 import warnings
@@ -47,6 +48,7 @@ from ._models import (
     Offering,
     PersonalizeStats,
 )
+from ._resilience import warn_once
 from ._transport import Transport, base_url_for
 from .exceptions import (
     ClientClosedError,
@@ -324,6 +326,7 @@ class MoEngagePersonalize:
         self._state = _State.OPEN
         self._exit_hook = functools.partial(_flush_at_exit, weakref.ref(self))
         atexit.register(self._exit_hook)
+        _LIVE_CLIENTS.add(self)
 
     # introspection -------------------------------------------------------------------------
 
@@ -650,6 +653,29 @@ class MoEngagePersonalize:
         self._deadlines.stop(timeout=1.0)
         self._transport.close()
 
+    def _after_fork_in_child(self) -> None:
+        """Rebuild what the client owns in a forked child: its threads did not survive the fork
+        and its locks and connections are the parent's."""
+        if self._state is not _State.OPEN:
+            return
+        self._lock = threading.Lock()
+        self._errors = _Errors(self._config.on_error)
+        self._deadlines = _Deadlines(self._config.timeout, self._errors)
+        if self._owns_executor:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._config.max_workers, thread_name_prefix="moengage-personalize"
+            )
+        else:
+            warn_once(
+                "fork-executor",
+                "moengage-personalize: this process was forked after the client was made with "
+                "an injected executor; its threads did not survive the fork. Give each process "
+                "its own executor (or client).",
+            )
+        self._transport.after_fork()
+        self._core.after_fork()
+        self._events = self._events.after_fork()
+
     def __enter__(self) -> MoEngagePersonalize:
         return self
 
@@ -670,6 +696,18 @@ class MoEngagePersonalize:
                 self._deadlines.stop(timeout=0)
             except Exception:  # noqa: S110 - best effort at garbage collection
                 pass
+
+
+_LIVE_CLIENTS: weakref.WeakSet[MoEngagePersonalize] = weakref.WeakSet()
+
+
+def _reinit_clients_in_child() -> None:
+    for client in list(_LIVE_CLIENTS):
+        client._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_reinit_clients_in_child)
 
 
 def _flush_at_exit(ref: weakref.ref[MoEngagePersonalize]) -> None:

@@ -109,6 +109,11 @@ class Core:
         self._flights.reset()
         if self._cache is not None:
             self._cache.reset_lock()
+        if self._breaker is not None:
+            self._breaker.after_fork()
+        self.cache_hits = Counter()
+        self.cache_misses = Counter()
+        self.stale_served = Counter()
 
     @property
     def breaker(self) -> CircuitBreaker | None:

@@ -29,10 +29,12 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import attrs
 import tenacity
 
 from ._config import PersonalizeConfig, User
 from ._models import ExperienceCampaign, FlushReport, Offering, PersonalizeStats
+from ._resilience import warn_once
 from ._transport import Transport
 from .exceptions import HTTPStatusError, PersonalizeError
 
@@ -298,6 +300,21 @@ class EventPipeline:
             before_sleep=self._before_sleep,
             reraise=True,
         )
+
+    def after_fork(self) -> EventPipeline:
+        """The pipeline for a forked child: a new, empty queue (the parent's queued events are
+        the parent's to send, never sent twice) and memory only (the outbox file belongs to the
+        parent, which holds its lock)."""
+        config = self._config
+        if config.event_store is not None:
+            warn_once(
+                "fork-outbox",
+                "moengage-personalize: forked child: the event outbox "
+                f"{os.fspath(config.event_store)!r} stays the parent's; the child keeps its "
+                "events in memory",
+            )
+            config = attrs.evolve(config, event_store=None)
+        return EventPipeline(self._transport, config)
 
     # caller side -----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -19,6 +20,16 @@ from .exceptions import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger("moengage_personalize")
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Log ``message`` as a warning the first time ``key`` is seen in this process."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s", message)
 
 
 class Counter:
@@ -125,6 +136,12 @@ class CircuitBreaker:
             retry_after=left,
         )
 
+    def after_fork(self) -> None:
+        """A new lock in a forked child (the parent's may be held by a thread that is gone)."""
+        self._lock = threading.Lock()
+        self._trial_running = False
+        self.opened = Counter()
+
     def success(self) -> None:
         with self._lock:
             self._failures = 0
@@ -206,6 +223,7 @@ class SingleFlight:
         """Forget calls in flight (after fork: their threads are gone in the child)."""
         self._lock = threading.Lock()
         self._calls = {}
+        self.coalesced = Counter()
 
 
 K = TypeVar("K", bound=Hashable)

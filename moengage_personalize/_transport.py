@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -36,7 +36,7 @@ import urllib3.connectionpool
 import urllib3.exceptions
 
 from ._config import PersonalizeConfig, RetryPolicy
-from ._resilience import Counter
+from ._resilience import Counter, warn_once
 from ._version import __version__
 from .exceptions import (
     DeadlineExceededError,
@@ -170,14 +170,10 @@ class Transport:
         self._timeout = config.timeout
         self._max_bytes = config.max_response_bytes
         self._max_attempts = config.retry.max_attempts
+        self._pool_size = config.max_workers
         self._owns_session = session is None
         if session is None:
-            session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(
-                pool_connections=1, pool_maxsize=config.max_workers, max_retries=0
-            )
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
+            session = self._new_session()
         self._session = session
         self._adapter = session.get_adapter(base_url)
         settings = session.merge_environment_settings(base_url, {}, None, None, None)
@@ -216,6 +212,39 @@ class Transport:
         self._retrying = _build_retrying(config.retry, config.sleep)
         self.requests = Counter()
         self.retries = Counter()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=1, pool_maxsize=self._pool_size, max_retries=0
+        )
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def after_fork(self) -> None:
+        """In a forked child: never reuse the parent's connections (they share its sockets).
+
+        A session the client created is replaced by a new one; an injected session stays the
+        caller's (warned once: its pooled connections are shared with the parent process).
+        """
+        self._pool_lock = threading.Lock()
+        self._pool = None
+        self.requests = Counter()
+        self.retries = Counter()
+        if self._owns_session:
+            session = self._new_session()  # the parent's is dropped, not closed: its sockets
+            self._session = session  # are the parent's too
+            self._adapter = session.get_adapter(self.base_url)
+            if self._http_adapter is not None:
+                self._http_adapter = cast(requests.adapters.HTTPAdapter, self._adapter)
+        else:
+            warn_once(
+                "fork-session",
+                "moengage-personalize: this process was forked after the client was made with "
+                "an injected requests.Session; its pooled connections are shared with the parent "
+                "process. Give each process its own session (or client).",
+            )
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url}>"
