@@ -67,7 +67,8 @@ def user_key(user: User | None) -> UserKey:
     if user is None:
         return None
     ids = tuple(sorted(user.user_identifiers.items())) if user.user_identifiers else None
-    return (user.customer_id, ids, user.ip_address, user.user_agent)
+    # every field: a campaign remembers the User it was fetched for (tracking reads it)
+    return (user.customer_id, ids, user.ip_address, user.user_agent, user.timezone_offset)
 
 
 class Core:
