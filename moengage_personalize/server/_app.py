@@ -374,7 +374,14 @@ class PersonalizeApp:
         chunks: list[bytes] = []
         total = 0
         while total < wanted:
-            chunk = stream.read(min(_READ_CHUNK, wanted - total))
+            try:
+                chunk = stream.read(min(_READ_CHUNK, wanted - total))
+            except (
+                Exception
+            ) as exc:  # the client's fault (a broken chunk, a disconnect), any server
+                raise _error(
+                    400, REQUEST_ERROR, f"The request body could not be read: {exc}."
+                ) from exc
             if not chunk:
                 break
             chunks.append(chunk)

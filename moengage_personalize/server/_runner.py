@@ -38,6 +38,7 @@ DEFAULT_PORT = 8181
 _IDLE_TIMEOUT = 30.0  # seconds a kept-alive connection may sit idle
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 64 * 1024 * 1024
+_MAX_TRAILERS = 32
 _DRAIN_BYTES = 64 * 1024  # an unread rest this small is read so the connection can be kept
 
 
@@ -82,10 +83,12 @@ class _BodyReader(io.RawIOBase):
         if size < 0:
             raise OSError("malformed chunk size")
         if size == 0:
-            while True:  # trailers, up to the blank line
+            for _ in range(_MAX_TRAILERS + 1):  # trailers, up to the blank line
                 trailer = self._rfile.readline(8194)
                 if trailer in (b"\r\n", b"\n", b""):
                     break
+            else:
+                raise OSError("too many chunked-body trailers")
             self._eof = True
             return False
         self._left = size

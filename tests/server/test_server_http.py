@@ -533,3 +533,16 @@ def test_http_level_errors_use_the_envelope_and_a_request_id(api: Any) -> None:
     assert api.status_of(raw) == 414
     assert b"\r\nx-request-id: " in raw
     assert api.body_of(raw)["title"] == "Request-URI Too Long"
+
+
+def test_a_broken_chunked_body_is_a_400_not_a_crash(api: Any) -> None:
+    """A chunk size that is not hexadecimal is the client's error: 400 with the envelope."""
+    server = api.server
+    auth = _auth_header(server.workspace_id, server.api_key)
+    head = (
+        f"POST /v1/experiences/fetch HTTP/1.1\r\nHost: x\r\nMOE-APPKEY: {server.workspace_id}\r\n"
+        f"Authorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    raw = api.raw(head + b"zz\r\n{}\r\n0\r\n\r\n")
+    assert api.status_of(raw) == 400
+    assert api.body_of(raw)["description"].startswith("The request body could not be read")
