@@ -298,6 +298,7 @@ class _ThreadingServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = os.name != "nt"
+    request_queue_size = 128  # the listen backlog (socketserver defaults to 5)
 
     def __init__(self, address: tuple[str, int], app: PersonalizeApp) -> None:
         if ":" in address[0]:
