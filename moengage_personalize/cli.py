@@ -50,6 +50,7 @@ PROG = "moengage-personalize"
 DEFAULT_BASE_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/v1"
 ENV_WORKSPACE = "MOENGAGE_WORKSPACE_ID"
 ENV_API_KEY = "MOENGAGE_PERSONALIZE_API_KEY"
+ENV_DEBUG = "MOENGAGE_PERSONALIZE_DEBUG"
 
 
 class CommandError(Exception):
@@ -90,6 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sqlite3.Error,
     ) as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get(ENV_DEBUG):
+            raise
+        print(
+            f"{PROG}: unexpected error (a bug; set {ENV_DEBUG}=1 for the traceback): "
+            f"{type(exc).__name__}: {_one_line(exc)}",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -402,3 +402,20 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
     """Without a command the usage goes to stderr and the status is 2."""
     assert cli.main([]) == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+def test_an_unexpected_failure_is_still_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug inside a command prints one line naming it and exits 1, no traceback."""
+
+    def broken() -> dict[str, object]:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(cli, "run_demo", broken)
+    monkeypatch.delenv(cli.ENV_DEBUG, raising=False)
+    assert cli.main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected error" in err
+    assert "KeyError" in err
+    assert "Traceback" not in err
