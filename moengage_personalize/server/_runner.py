@@ -380,6 +380,7 @@ class PersonalizeServer:
         self._port = port
         self._httpd: _ThreadingServer | None = None
         self._thread: threading.Thread | None = None
+        self._serving = False
         self._lock = threading.Lock()
         self._closed = False
 
@@ -453,6 +454,9 @@ class PersonalizeServer:
         with self._lock:
             if self._thread is None:
                 assert self._httpd is not None
+                if self._serving:
+                    raise RuntimeError("the server is already serving (serve_forever)")
+                self._serving = True
                 self._thread = threading.Thread(
                     target=self._httpd.serve_forever,
                     kwargs={"poll_interval": 0.01},
@@ -466,6 +470,10 @@ class PersonalizeServer:
         """Serve on this thread until :meth:`stop` is called from another thread or Ctrl-C
         (then stops and returns)."""
         self.bind()
+        with self._lock:
+            if self._serving:
+                raise RuntimeError("the server is already serving")
+            self._serving = True
         assert self._httpd is not None
         try:
             self._httpd.serve_forever(poll_interval=0.2)
@@ -480,10 +488,11 @@ class PersonalizeServer:
             if self._closed:
                 return
             self._closed = True
-            httpd, thread = self._httpd, self._thread
+            httpd, thread, serving = self._httpd, self._thread, self._serving
         if httpd is not None:
-            if thread is not None:
+            if serving:  # ends the serve loop on whichever thread runs it
                 httpd.shutdown()
+            if thread is not None:
                 thread.join(timeout)
             httpd.server_close()
             httpd.close_connections(timeout)

@@ -546,3 +546,18 @@ def test_a_broken_chunked_body_is_a_400_not_a_crash(api: Any) -> None:
     raw = api.raw(head + b"zz\r\n{}\r\n0\r\n\r\n")
     assert api.status_of(raw) == 400
     assert api.body_of(raw)["description"].startswith("The request body could not be read")
+
+
+def test_serve_forever_returns_when_stopped_from_another_thread() -> None:
+    """A blocking serve_forever() ends when stop() is called elsewhere; the port is released."""
+    server = PersonalizeServer(port=0)
+    server.bind()
+    runner = threading.Thread(target=server.serve_forever)
+    runner.start()
+    response = requests.get(server.url + "/_local/health", timeout=10)
+    assert response.status_code == 200
+    server.stop()
+    runner.join(5)
+    assert not runner.is_alive()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url + "/_local/health", timeout=2)
