@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeAlias, TypedDict
@@ -65,9 +66,11 @@ def _parse_ip(text: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=64)
 def _networks(
-    proxies: Iterable[str],
-) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    proxies: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The trusted networks, parsed once per distinct rule."""
     out = []
     for item in proxies:
         if not isinstance(item, str):
@@ -76,7 +79,7 @@ def _networks(
             out.append(ipaddress.ip_network(item.strip(), strict=False))
         except ValueError:
             raise ValueError(f"trusted_proxies: {item!r} is not an IP address or network") from None
-    return out
+    return tuple(out)
 
 
 def client_ip(
@@ -93,17 +96,16 @@ def client_ip(
     collection of addresses or networks: when the peer is one of them, the right-most hop of
     ``forwarded_for`` that is not) stand in front of the app. None when no valid address is known.
     """
+    _check_proxies(trusted_proxies)
     peer = _parse_ip(remote_addr) if remote_addr else None
     if trusted_proxies is None or trusted_proxies == 0 or not forwarded_for:
-        _check_proxies(trusted_proxies)
         return peer
     hops = [hop for hop in forwarded_for.split(",") if hop.strip()]
     if isinstance(trusted_proxies, int):
-        _check_proxies(trusted_proxies)
         if len(hops) < trusted_proxies:
             return peer
         return _parse_ip(hops[-trusted_proxies]) or peer
-    networks = _networks(trusted_proxies)
+    networks = _networks(tuple(trusted_proxies))
 
     def trusted(address: str) -> bool:
         ip = ipaddress.ip_address(address)
@@ -150,8 +152,6 @@ def context_from_meta(
     """A :class:`RequestContext` from CGI-style request variables (a WSGI environ, Django's
     ``request.META``): ``REMOTE_ADDR``, ``HTTP_X_FORWARDED_FOR``, ``HTTP_USER_AGENT``,
     ``HTTP_REFERER`` and ``QUERY_STRING`` (or ``query_string``)."""
-    if isinstance(trusted_proxies, str):
-        raise TypeError("trusted_proxies must be a list of addresses, not a single str")
     ip = client_ip(
         _str_or_none(meta.get("REMOTE_ADDR")),
         _str_or_none(meta.get("HTTP_X_FORWARDED_FOR")),

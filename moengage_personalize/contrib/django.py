@@ -115,7 +115,7 @@ def parse_settings(value: object) -> PersonalizeSettings:
         _check_proxies(proxies)
         if proxies is not None and not isinstance(proxies, int):
             proxies = tuple(proxies)
-            _networks(proxies)
+            _networks(proxies)  # refuses a bad address now, not at the first request
         resolver = value.get("customer_id")
         if isinstance(resolver, str):
             resolver = _import_string(resolver)
