@@ -27,6 +27,7 @@ from moengage_personalize import (
 from support import (
     API_KEY,
     APP_ID,
+    CONTEXT,
     DEFAULT_META,
     FUTURE_TIMEOUT,
     FakeClock,
@@ -34,6 +35,7 @@ from support import (
     fetch_bodies,
     requests_to,
     served,
+    wait_for,
 )
 
 META = "/v1/experiences/metadata"
@@ -319,16 +321,19 @@ def test_library_logger_has_no_handler_and_no_level() -> None:
 def test_200_clients_leave_no_threads_behind(with_meta: HTTPServer, base_url: str) -> None:
     """Creating, using (fetch and tracking) and closing 200 clients leaves the thread count as it
     was."""
-    before = threading.active_count()
+
+    def sdk_threads() -> int:
+        return sum(t.name.startswith("moengage-personalize") for t in threading.enumerate())
+
+    with_meta.expect_request("/v1/experiences/events").respond_with_json({"status": "success"})
+    before = sdk_threads()
     for i in range(200):
         with make(base_url, event_flush_interval=0.01) as client:
             if i % 20 == 0:
                 result = client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
                 assert result.experiences
-    deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert threading.active_count() == before
+                client.experience_shown({"experience_context": CONTEXT}, user="u1")
+    assert wait_for(lambda: sdk_threads() <= before)
 
 
 def test_retry_policy_and_breaker_work_together(
