@@ -49,6 +49,7 @@ __all__ = [
     "get_async_client",
     "get_client",
     "get_settings",
+    "parse_settings",
     "request_context",
     "reset_client",
 ]
@@ -118,7 +119,10 @@ def parse_settings(value: object) -> PersonalizeSettings:
             _networks(proxies)  # refuses a bad address now, not at the first request
         resolver = value.get("customer_id")
         if isinstance(resolver, str):
-            resolver = _import_string(resolver)
+            try:
+                resolver = _import_string(resolver)
+            except (ImportError, AttributeError) as exc:
+                raise ImportError(f"customer_id: cannot import {resolver!r}: {exc}") from exc
         if resolver is not None and not callable(resolver):
             raise TypeError(f"customer_id must be a callable or a dotted path, not {resolver!r}")
     except (TypeError, ValueError, ImportError, AttributeError) as exc:

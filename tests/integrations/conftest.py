@@ -26,9 +26,9 @@ def sync_client(personalize_server: PersonalizeServer) -> Iterator[MoEngagePerso
         yield client
 
 
-@pytest.fixture
-def examples_on_path() -> Iterator[Path]:
-    """``examples/`` importable (``import flask_app``) for the length of the test."""
+@pytest.fixture(scope="module")
+def examples_dir() -> Iterator[Path]:
+    """``examples/`` importable (``import flask_app``) for the length of the test module."""
     sys.path.insert(0, str(EXAMPLES))
     try:
         yield EXAMPLES

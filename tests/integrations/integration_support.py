@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -20,3 +20,10 @@ def run(coro: Awaitable[T]) -> T:
         return await asyncio.wait_for(coro, timeout=WAIT)
 
     return asyncio.run(bounded())
+
+
+def customer_id_from_header(request: Any) -> str | None:
+    """A ``customer_id`` resolver for the Django settings (by dotted path): the X-Customer-Id
+    header (a test stand-in for the app's login)."""
+    value = request.META.get("HTTP_X_CUSTOMER_ID")
+    return value if isinstance(value, str) and value else None
