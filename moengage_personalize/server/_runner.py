@@ -42,6 +42,16 @@ _MAX_TRAILERS = 32
 _DRAIN_BYTES = 64 * 1024  # an unread rest this small is read so the connection can be kept
 
 
+# RFC 9110 reason phrases for the errors the HTTP layer can produce, the same on every Python.
+_STABLE_TITLES = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    505: "HTTP Version Not Supported",
+}
+
 class _BodyReader(io.RawIOBase):
     """``wsgi.input``: the request body and nothing past it (length-delimited or chunked)."""
 
@@ -141,6 +151,7 @@ class _WSGIHandler(http.server.BaseHTTPRequestHandler):
         """An HTTP-level error (unparsable request line or headers) in the contract's JSON
         envelope, with ``x-request-id`` like every other answer; the connection is closed."""
         title, default = self.responses.get(code, ("Error", ""))
+        title = _STABLE_TITLES.get(code, title)  # the stdlib's phrases differ across versions
         body = json.dumps(
             {"title": title, "description": message or explain or default or title}
         ).encode("utf-8")

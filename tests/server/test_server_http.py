@@ -532,7 +532,7 @@ def test_http_level_errors_use_the_envelope_and_a_request_id(api: Any) -> None:
     raw = api.raw(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", shut_write=True)
     assert api.status_of(raw) == 414
     assert b"\r\nx-request-id: " in raw
-    assert api.body_of(raw)["title"] == "Request-URI Too Long"
+    assert api.body_of(raw)["title"] == "URI Too Long"  # the same on every Python
 
 
 def test_a_broken_chunked_body_is_a_400_not_a_crash(api: Any) -> None:
