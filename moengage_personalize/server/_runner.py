@@ -52,6 +52,7 @@ _STABLE_TITLES = {
     505: "HTTP Version Not Supported",
 }
 
+
 class _BodyReader(io.RawIOBase):
     """``wsgi.input``: the request body and nothing past it (length-delimited or chunked)."""
 
