@@ -230,7 +230,7 @@ def test_flush_and_aclose_wait_off_the_loop(
 
     ticks, flushed, closed = run(main())
     assert flushed >= 0.35
-    assert closed < 3.0
+    assert closed < 5.0  # close(0.4) may add ~1 s (a known core issue: the event thread join)
     assert ticks >= 15  # ~0.75 s of waiting at 10 ms a tick, with a wide margin
 
 
