@@ -25,7 +25,6 @@ import sqlite3
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -62,6 +61,7 @@ DROP_QUEUE_FULL = "queue_full"
 DROP_CLOSED = "closed"
 DROP_DISABLED = "disabled"
 DROP_STORE_FULL = "store_full"
+DROP_UNDELIVERED = "undelivered"  # still not accepted when close() gave up
 
 
 class EventRecord(NamedTuple):
@@ -97,23 +97,47 @@ def check_context(context: object, where: str) -> Mapping[str, Any]:
     return context
 
 
-def _to_item(record: EventRecord, platform: str) -> _Item:
-    if record.under is None and record.over is None:
-        attributes: Mapping[str, Any] = record.context
-    else:
-        attributes = {**(record.under or {}), **record.context, **(record.over or {})}
-    action = {
-        "action": record.action,
-        "moe_event_uuid": str(uuid.uuid4()),
-        "event_time": record.event_time,
-        "platform": platform,
-        "attributes": attributes,
-    }
-    return _Item(
-        record.customer_id,
-        record.timezone_offset,
-        json.dumps(action, separators=(",", ":"), ensure_ascii=False, default=str),
-    )
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+def _uuid4s(count: int) -> list[str]:
+    """``count`` random (version 4) UUID strings from one ``os.urandom`` call."""
+    raw = bytearray(os.urandom(16 * count))
+    out = []
+    for at in range(0, 16 * count, 16):
+        raw[at + 6] = (raw[at + 6] & 0x0F) | 0x40  # version 4
+        raw[at + 8] = (raw[at + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw[at : at + 16].hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
+
+
+def _to_items(records: Sequence[EventRecord], platform: str) -> list[_Item]:
+    """Wire-ready events: each gets its ``moe_event_uuid`` here, once, kept across retries.
+
+    The action JSON is assembled from pre-encoded parts; a campaign context shared by many
+    events is encoded once per batch.
+    """
+    platform_json = _encode(platform)
+    encoded: dict[int, str] = {}  # id(context) -> JSON, for contexts alive during this call
+    items = []
+    for record, event_uuid in zip(records, _uuid4s(len(records)), strict=True):
+        if record.under is None and record.over is None:
+            attributes = encoded.get(id(record.context))
+            if attributes is None:
+                attributes = encoded[id(record.context)] = _encode(record.context)
+        else:
+            attributes = _encode({**(record.under or {}), **record.context, **(record.over or {})})
+        items.append(
+            _Item(
+                record.customer_id,
+                record.timezone_offset,
+                f'{{"action":"{record.action}","moe_event_uuid":"{event_uuid}",'
+                f'"event_time":{record.event_time},"platform":{platform_json},'
+                f'"attributes":{attributes}}}',
+            )
+        )
+    return items
 
 
 def _body(items: Sequence[_Item]) -> bytes:
@@ -285,6 +309,7 @@ class EventPipeline:
         self._give_up_at: float | None = None
         self._threads: list[threading.Thread] = []
         self._started = False
+        self._carry: list[_Item] = []  # taken and given a uuid, waiting for the next request
         self._outbox: _Outbox | None = None
         if config.event_store is not None:
             self._outbox = _Outbox(config.event_store, config.event_store_max_events)
@@ -404,17 +429,25 @@ class EventPipeline:
         if self._outbox is None:
             left = len(self._queue)
             self._queue.clear()
-            if left:
-                self._settle(dropped=left, cause=DROP_CLOSED)
+            carried, self._carry = len(self._carry), []
+            with self._progress:
+                self._taken += left
+            if left + carried:
+                self._settle(dropped=left + carried, cause=DROP_UNDELIVERED)
         elif not any(t.is_alive() for t in self._threads):
             self._outbox.release()
         report = self.report(self.pending() == 0)
-        if report.pending:
-            where = "kept in the event store" if self._outbox is not None else "dropped"
+        with self._lock:
+            undelivered = self._dropped.get(DROP_UNDELIVERED, 0)
+        if self._outbox is not None and report.pending:
             log.warning(
-                "moengage-personalize: closed with %d events not delivered (%s)",
+                "moengage-personalize: closed with %d events not delivered "
+                "(kept in the event store for the next client)",
                 report.pending,
-                where,
+            )
+        elif undelivered:
+            log.warning(
+                "moengage-personalize: closed with %d events not delivered (dropped)", undelivered
             )
         return report
 
@@ -486,7 +519,7 @@ class EventPipeline:
                 self._write.clear()
                 while self._queue:
                     records = self._take_records(1000)
-                    items = [_to_item(r, self._platform) for r in records]
+                    items = _to_items(records, self._platform)
                     try:
                         stored = outbox.add(items)
                     except sqlite3.Error as exc:
@@ -501,27 +534,16 @@ class EventPipeline:
             outbox.close_thread_connection()
 
     def _next_batch(self) -> list[_Item]:
+        """One request's worth of events (limits: ``event_batch_size`` actions, 100 users,
+        ~512 KiB); what does not fit waits, uuid already given, for the next request."""
         if self._outbox is not None:
             return _fits(self._outbox.take(self._batch), self._batch)
-        # memory: take records one request's worth at a time
-        items: list[_Item] = []
-        users: set[tuple[str, int | None]] = set()
-        size = 20
-        queue = self._queue
-        while queue and len(items) < self._batch:
-            record = queue[0]
-            key = (record.customer_id, record.timezone_offset)
-            if key not in users and len(users) >= MAX_USERS_PER_REQUEST:
-                break
-            item = _to_item(record, self._platform)
-            extra = len(item.action_json) + 81 + len(item.customer_id)
-            if items and size + extra > MAX_BYTES_PER_REQUEST:
-                break
-            self._take_records(1)
-            items.append(item)
-            users.add(key)
-            size += extra
-        return items
+        items, self._carry = self._carry, []
+        if len(items) < self._batch:
+            items.extend(_to_items(self._take_records(self._batch - len(items)), self._platform))
+        batch = _fits(items, self._batch)
+        self._carry = items[len(batch) :]
+        return batch
 
     def _dispatch(self) -> None:
         """Dispatcher thread: every flush interval (or when woken), send all that is waiting."""
@@ -530,7 +552,7 @@ class EventPipeline:
             while True:
                 self._wake.wait(interval)
                 self._wake.clear()
-                while True:
+                while not self._give_up_passed():
                     batch = self._next_batch()
                     if not batch:
                         break
@@ -594,13 +616,10 @@ class EventPipeline:
             self._settle(sent=len(items))
 
     def _give_up(self, items: Sequence[_Item], exc: PersonalizeError) -> bool:
+        """The client is closing and its deadline passed: stop (the outbox keeps the events)."""
+        log.info("moengage-personalize: giving up sending %d events: %s", len(items), exc.message)
         if self._outbox is None:
-            log.warning(
-                "moengage-personalize: %d events not delivered before close (%s); dropped",
-                len(items),
-                exc.message,
-            )
-            self._settle(dropped=len(items), cause=DROP_CLOSED)
+            self._settle(dropped=len(items), cause=DROP_UNDELIVERED)
         return False
 
     # retry policy (tenacity) -----------------------------------------------------------------

@@ -208,7 +208,8 @@ class PersonalizeStats:
     Events: ``events_queued`` (accepted by tracking calls), ``events_sent`` (accepted by the
     service), ``events_retried`` (event sends retried), ``events_failed`` (rejected by the
     service), ``events_pending`` (queued or in flight), ``events_dropped`` (by cause:
-    ``queue_full``, ``closed``, ``disabled``, ``store_full``).
+    ``queue_full``, ``closed`` (tracked after close), ``disabled``, ``store_full``,
+    ``undelivered`` (not accepted by the service when ``close()`` gave up)).
     """
 
     requests: int = 0

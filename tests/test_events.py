@@ -425,3 +425,32 @@ def test_many_producer_threads_arrive_exactly_once(
     assert len(actions) == 32_000
     assert len({a["attributes"]["b_id"] for a in actions}) == 32_000
     assert len({a["moe_event_uuid"] for a in actions}) == 32_000
+
+
+def test_close_during_an_outage_counts_undelivered_events_once(
+    base_url: str, httpserver: HTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events the service never accepted before close() gave up are dropped as 'undelivered',
+    counted once (pending back to 0) and reported in one warning."""
+    httpserver.expect_request(EVENTS).respond_with_json({}, status=503)
+    config = PersonalizeConfig(event_flush_interval=0.01, event_batch_size=10)
+    client = MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config)
+    for _ in range(35):
+        client.experience_shown(campaign())
+    with caplog.at_level(logging.WARNING, logger="moengage_personalize"):
+        client.close(timeout=0.3)
+    stats = client.stats()
+    assert stats.events_dropped == {"undelivered": 35}
+    assert (stats.events_pending, stats.events_sent) == (0, 0)
+    assert caplog.text.count("not delivered") == 1
+    assert "client is closed" not in caplog.text
+
+
+def test_uuids_are_random_version_4(tracker: MoEngagePersonalize, recorder: Recorder) -> None:
+    """Every event gets its own RFC 4122 version-4 uuid."""
+    for _ in range(300):
+        tracker.experience_shown(campaign())
+    tracker.flush(timeout=5)
+    uuids = [uuid.UUID(a["moe_event_uuid"]) for _, a in recorder.delivered()]
+    assert len(set(uuids)) == 300
+    assert {(u.version, u.variant) for u in uuids} == {(4, uuid.RFC_4122)}
