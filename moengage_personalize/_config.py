@@ -16,6 +16,8 @@ from typing import Any
 
 import attrs
 
+from .exceptions import PersonalizeError
+
 __all__ = ["CircuitBreakerPolicy", "PersonalizeConfig", "RetryPolicy", "User"]
 
 _MAX_TZ_OFFSET = 54_000  # seconds; the events API's documented bound
@@ -174,7 +176,7 @@ class PersonalizeConfig:
     circuit_breaker: CircuitBreakerPolicy | None = attrs.field(
         factory=CircuitBreakerPolicy, converter=_breaker_policy
     )
-    on_error: Callable[[Any], None] | None = attrs.field(
+    on_error: Callable[[PersonalizeError], None] | None = attrs.field(
         default=None, validator=_optional_callable("on_error"), repr=False, eq=False
     )
     max_response_bytes: int = attrs.field(

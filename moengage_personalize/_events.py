@@ -308,6 +308,7 @@ class EventPipeline:
         self._stopping = False
         self._give_up_at: float | None = None
         self._threads: list[threading.Thread] = []
+        self._live_threads = 0
         self._started = False
         self._carry: list[_Item] = []  # taken and given a uuid, waiting for the next request
         self._outbox: _Outbox | None = None
@@ -391,6 +392,7 @@ class EventPipeline:
         ]
         if self._outbox is not None:
             targets.append(("moengage-personalize-outbox", self._write_outbox))
+        self._live_threads = len(targets)
         for name, target in targets:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -425,7 +427,7 @@ class EventPipeline:
         self._write.set()
         for thread in self._threads:
             if thread is not threading.current_thread():
-                thread.join(max(0.0, end - time.monotonic()) + 1.0)
+                thread.join(max(0.0, end - time.monotonic()))  # a send in flight ends by itself
         if self._outbox is None:
             left = len(self._queue)
             self._queue.clear()
@@ -434,8 +436,8 @@ class EventPipeline:
                 self._taken += left
             if left + carried:
                 self._settle(dropped=left + carried, cause=DROP_UNDELIVERED)
-        elif not any(t.is_alive() for t in self._threads):
-            self._outbox.release()
+        else:
+            self._release_outbox_when_idle()
         report = self.report(self.pending() == 0)
         with self._lock:
             undelivered = self._dropped.get(DROP_UNDELIVERED, 0)
@@ -450,6 +452,17 @@ class EventPipeline:
                 "moengage-personalize: closed with %d events not delivered (dropped)", undelivered
             )
         return report
+
+    def _release_outbox_when_idle(self) -> None:
+        """Release the outbox lock once no thread of this pipeline uses the file any more."""
+        with self._lock:
+            if self._outbox is not None and self._stopping and self._live_threads == 0:
+                self._outbox.release()
+
+    def _thread_done(self) -> None:
+        with self._lock:
+            self._live_threads -= 1
+        self._release_outbox_when_idle()
 
     def _threads_alive(self) -> bool:
         return not self._started or any(t.is_alive() for t in self._threads)
@@ -532,6 +545,7 @@ class EventPipeline:
                     return
         finally:
             outbox.close_thread_connection()
+            self._thread_done()
 
     def _next_batch(self) -> list[_Item]:
         """One request's worth of events (limits: ``event_batch_size`` actions, 100 users,
@@ -565,6 +579,7 @@ class EventPipeline:
         finally:
             if self._outbox is not None:
                 self._outbox.close_thread_connection()
+            self._thread_done()
 
     def _give_up_passed(self) -> bool:
         return self._give_up_at is not None and time.monotonic() >= self._give_up_at
