@@ -1,0 +1,717 @@
+"""Benchmark against peer SDKs (issue #6): fetch, tracking and import time, all on loopback.
+
+Everything talks to one stub server (``_peer_stub.py``) that this script starts in a subprocess
+on an ephemeral port of 127.0.0.1 and stops at the end, also on errors. The stub serves each
+SDK's own endpoint with an answer valid for that SDK, carrying the same content (so the payloads
+are about the same size); every contender's answer is checked before measuring, so nobody is
+timed on an error path. Every peer SDK's base URL is pointed at the stub: no name is resolved,
+nothing leaves the machine, and telemetry, polling and streaming are off where the SDK allows.
+
+1. **fetch** -- interleaved rounds (rotating order), each call timed with ``perf_counter_ns``:
+
+   * ``requests``   -- the floor: one reused ``requests.Session().post(url, json=body).json()``
+     with our request (ratio 1.00);
+   * ``moengage``   -- ``fetch_experience(key, attributes=..., user=...).result()``, warm metadata;
+   * ``amplitude``  -- ``RemoteEvaluationClient.fetch_v2(User(...))`` (``POST /sdk/v2/vardata``);
+   * ``posthog``    -- ``get_all_flags_and_payloads(distinct_id, person_properties=...,
+     flag_keys_to_evaluate=[key])`` with local evaluation off (``POST /flags/?v=4``);
+   * ``flagsmith``  -- ``get_identity_flags(identifier, traits=...)`` then
+     ``get_feature_value(key)`` (``POST /api/v1/identities/``).
+
+2. **tracking** -- per SDK and round: ``--events`` calls (default 20,000) spread over ``--users``
+   users (default 100), each call timed on the caller's thread (the SDK's background sender runs
+   meanwhile), then the SDK's flush; delivery time runs from the first call until the stub has
+   counted all the events of that round (it counts the events in each body it receives, by
+   SDK). Contenders: ``moengage`` ``experience_shown(campaign)``; ``posthog``
+   ``capture(event, distinct_id=..., properties=context)`` (``POST /batch/``); ``launchdarkly``
+   ``track(event, context, data=context)`` (``POST /bulk``). Every SDK's event queue is sized to
+   hold a round (``--events``; each default is 10,000), so what is compared is speed, not loss on
+   a full queue (``--default-queues`` keeps the defaults: then a count that stops moving for 3 s
+   short of the total is reported as delivered/expected). Rounds rotate the order of the SDKs.
+
+3. **import time** -- ``python -X importtime -c "import X"`` in a fresh subprocess,
+   ``--import-runs`` times each (interleaved), median of the top-level module's cumulative time.
+
+A peer whose package is missing is skipped with a note. Run with the interpreter of a venv that
+has the peers (see ``README.md`` here): ``/tmp/peers-venv/bin/python benchmarks/peers/bench_peers.py
+[--json out.json]``. Default run time: well under 3 minutes. Exit status non-zero only on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import re
+import selectors
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import requests  # noqa: E402
+from _peer_stub import CONTEXT, EVENT_NAME, KEY, PAYLOAD, fetch_answers  # noqa: E402
+from bench_fetch import (  # noqa: E402
+    API_KEY,
+    APP_ID,
+    ATTRIBUTES,
+    CUSTOMER_ID,
+    EXPECTED_TITLE,
+    auth_headers,
+    median,
+    percentile,
+    sdk_body,
+)
+
+import moengage_personalize  # noqa: E402
+from moengage_personalize import (  # noqa: E402
+    DataSource,
+    ExperienceCampaign,
+    MoEngagePersonalize,
+    PersonalizeConfig,
+    User,
+)
+
+STUB = HERE / "_peer_stub.py"
+KNOWN_ROUTES = {
+    "GET /v1/experiences/metadata",
+    "POST /v1/experiences/fetch",
+    "POST /sdk/v2/vardata",
+    "POST /flags/",
+    "POST /api/v1/identities/",
+    "POST /v1/experiences/events",
+    "POST /batch/",
+    "POST /bulk",
+    "POST /diagnostic",
+    "GET /_counts",
+}
+PEER_PACKAGES = {  # contender -> (distribution, import name)
+    "amplitude": ("amplitude-experiment", "amplitude_experiment"),
+    "posthog": ("posthog", "posthog"),
+    "flagsmith": ("flagsmith", "flagsmith"),
+    "launchdarkly": ("launchdarkly-server-sdk", "ldclient"),
+}
+IMPORTS = {  # label -> import name
+    "moengage-personalize": "moengage_personalize",
+    "requests (reference)": "requests",
+    "amplitude-experiment": "amplitude_experiment",
+    "posthog": "posthog",
+    "flagsmith": "flagsmith",
+    "launchdarkly-server-sdk": "ldclient",
+}
+
+
+def available(contender: str) -> bool:
+    if contender not in PEER_PACKAGES:
+        return True
+    try:
+        importlib.metadata.version(PEER_PACKAGES[contender][0])
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def versions() -> dict[str, str]:
+    out = {"moengage-personalize": moengage_personalize.__version__}
+    for dist in ("requests", "urllib3", *(d for d, _ in PEER_PACKAGES.values())):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def environment() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "python": sys.version.replace("\n", " "),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": load,
+        "versions": versions(),
+    }
+
+
+# the stub server --------------------------------------------------------------------------------
+
+
+class Stub:
+    """``_peer_stub.py`` in a subprocess on an ephemeral loopback port; ``stop()`` ends it."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", str(STUB)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        try:
+            assert self.proc.stdout is not None
+            with selectors.DefaultSelector() as sel:
+                sel.register(self.proc.stdout, selectors.EVENT_READ)
+                if not sel.select(timeout):
+                    raise RuntimeError(f"the stub did not report its port within {timeout} s")
+            line = self.proc.stdout.readline().decode("ascii", "replace").strip()
+            if not line.startswith("PORT "):
+                raise RuntimeError(f"the stub did not start (it printed {line!r})")
+            self.port = int(line.split()[1])
+        except BaseException:
+            self.stop()
+            raise
+        self.base = f"http://127.0.0.1:{self.port}"
+        # the control channel: no proxies, its own connection (urllib opens one per call)
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def counts(self) -> dict[str, Any]:
+        with self._opener.open(f"{self.base}/_counts", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                if proc.stdin is not None:
+                    proc.stdin.close()  # the stub exits by itself when its stdin closes
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def __enter__(self) -> Stub:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# statistics -------------------------------------------------------------------------------------
+
+
+def summarize(values_ns: list[int]) -> dict[str, float]:
+    ordered = sorted(values_ns)
+    return {
+        "n": len(ordered),
+        "median_us": median(ordered) / 1000,
+        "p90_us": percentile(ordered, 90) / 1000,
+        "p99_us": percentile(ordered, 99) / 1000,
+        "max_us": ordered[-1] / 1000,
+    }
+
+
+# fetch ------------------------------------------------------------------------------------------
+
+
+class Fetchers:
+    """The fetch contenders against the stub; ``calls`` maps a name to a zero-argument call."""
+
+    def __init__(self, base: str, notes: list[str]) -> None:
+        self.calls: dict[str, Callable[[], Any]] = {}
+        self.checks: dict[str, Callable[[Any], bool]] = {}
+        self._closers: list[Callable[[], Any]] = []
+        try:
+            self._ours_and_floor(base)
+            for name, setup in (
+                ("amplitude", self._amplitude),
+                ("posthog", self._posthog),
+                ("flagsmith", self._flagsmith),
+            ):
+                if not available(name):
+                    notes.append(f"fetch: {name} skipped ({PEER_PACKAGES[name][0]} not installed)")
+                    continue
+                setup(base)
+        except BaseException:
+            self.close()
+            raise
+
+    def _ours_and_floor(self, base: str) -> None:
+        session = requests.Session()
+        self._closers.append(session.close)
+        url, body, headers = (
+            f"{base}/v1/experiences/fetch",
+            sdk_body([KEY], ATTRIBUTES, CUSTOMER_ID),
+            auth_headers(),
+        )
+        self.calls["requests"] = lambda: session.post(url, json=body, headers=headers).json()
+        self.checks["requests"] = lambda r: (
+            r["experiences"][KEY]["payload"]["Title"]["value"] == EXPECTED_TITLE
+        )
+
+        client = MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=f"{base}/v1")
+        self._closers.append(client.close)
+        client.fetch_experiences_meta().result(timeout=5)  # warm metadata
+        self.calls["moengage"] = lambda: client.fetch_experience(
+            KEY, attributes=ATTRIBUTES, user=CUSTOMER_ID
+        ).result(timeout=5)
+        self.checks["moengage"] = lambda r: r.get(KEY).payload["Title"] == EXPECTED_TITLE
+
+    def _amplitude(self, base: str) -> None:
+        from amplitude_experiment import RemoteEvaluationClient, RemoteEvaluationConfig
+        from amplitude_experiment import User as AmpUser
+
+        logging.getLogger("Amplitude").setLevel(logging.ERROR)
+        client = RemoteEvaluationClient("bench-key", RemoteEvaluationConfig(server_url=base))
+        self._closers.append(client.close)
+        self.calls["amplitude"] = lambda: client.fetch_v2(
+            AmpUser(user_id=CUSTOMER_ID, user_properties=dict(ATTRIBUTES))
+        )
+        self.checks["amplitude"] = lambda r: (
+            r[KEY].value == "variant-2" and r[KEY].payload["Title"] == EXPECTED_TITLE
+        )
+
+    def _posthog(self, base: str) -> None:
+        from posthog import Posthog
+
+        client = Posthog(
+            "phc_bench",
+            host=base,
+            enable_local_evaluation=False,  # remote evaluation: every call asks /flags
+            feature_flags_request_max_retries=0,
+            send=False,  # this client captures nothing; the tracking one is separate
+        )
+        self._closers.append(client.shutdown)
+        self.calls["posthog"] = lambda: client.get_all_flags_and_payloads(
+            CUSTOMER_ID, person_properties=dict(ATTRIBUTES), flag_keys_to_evaluate=[KEY]
+        )
+        self.checks["posthog"] = lambda r: (
+            r["featureFlags"][KEY] == "variant-2"
+            and json.loads(r["featureFlagPayloads"][KEY])["Title"] == EXPECTED_TITLE
+        )
+
+    def _flagsmith(self, base: str) -> None:
+        from flagsmith import Flagsmith
+
+        client = Flagsmith(environment_key="bench-env", api_url=f"{base}/api/v1/")
+        self._closers.append(client.session.close)
+        self.calls["flagsmith"] = lambda: client.get_identity_flags(
+            CUSTOMER_ID, traits=dict(ATTRIBUTES)
+        ).get_feature_value(KEY)
+        self.checks["flagsmith"] = lambda r: json.loads(r)["Title"] == EXPECTED_TITLE
+
+    def verify(self) -> None:
+        for name, call in self.calls.items():
+            result = call()
+            try:
+                ok = self.checks[name](result)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                ok = False
+            if not ok:
+                raise RuntimeError(f"fetch {name}: unexpected answer {result!r}")
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                close()
+
+
+def bench_fetch(
+    stub: Stub, rounds: int, warmup: int, notes: list[str]
+) -> dict[str, dict[str, float]]:
+    fetchers = Fetchers(stub.base, notes)
+    try:
+        fetchers.verify()
+        calls = fetchers.calls
+        names = list(calls)
+        for _ in range(warmup):
+            for name in names:
+                calls[name]()
+        gc.collect()
+        samples: dict[str, list[int]] = {name: [] for name in names}
+        clock = time.perf_counter_ns
+        for i in range(rounds):
+            shift = i % len(names)
+            for name in names[shift:] + names[:shift]:
+                call = calls[name]
+                start = clock()
+                call()
+                samples[name].append(clock() - start)
+        fetchers.verify()  # still answering correctly at the end
+    finally:
+        fetchers.close()
+    stats = {name: summarize(values) for name, values in samples.items()}
+    floor = stats["requests"]["median_us"]
+    for item in stats.values():
+        item["ratio"] = item["median_us"] / floor
+    return stats
+
+
+# tracking ---------------------------------------------------------------------------------------
+
+
+class Tracker:
+    """One SDK's tracking call and flush; ``counter`` is its key in the stub's counts."""
+
+    def __init__(
+        self,
+        name: str,
+        call: Callable[[int], None],
+        flush: Callable[[], None],
+        close: Callable[[], None],
+    ) -> None:
+        self.name = name
+        self.call = call  # call(i): the i-th event of a round (user i % users)
+        self.flush = flush
+        self.close = close
+
+
+def make_trackers(
+    base: str, events: int, users: int, notes: list[str], default_queues: bool
+) -> list[Tracker]:
+    trackers: list[Tracker] = []
+    queue = 10_000 if default_queues else max(events, 10_000)  # 10,000: every SDK's default
+    try:
+        config = PersonalizeConfig(event_queue_size=queue)
+        client = MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=f"{base}/v1", config=config)
+        campaigns = [
+            ExperienceCampaign(
+                experience_key=KEY,
+                payload=dict(PAYLOAD),
+                experience_context=dict(CONTEXT),
+                source=DataSource.NETWORK,
+                user=User(customer_id=f"user-{i}"),
+            )
+            for i in range(users)
+        ]
+        shown = client.experience_shown
+
+        def flush_ours() -> None:
+            report = client.flush(timeout=60)
+            if not report.completed:
+                raise RuntimeError(f"moengage: flush did not complete: {report!r}")
+
+        trackers.append(
+            Tracker("moengage", lambda i: shown(campaigns[i % users]), flush_ours, client.close)
+        )
+
+        if available("posthog"):
+            from posthog import Posthog
+
+            ph = Posthog(
+                "phc_bench",
+                host=base,
+                enable_local_evaluation=False,
+                max_queue_size=queue,
+            )
+            capture = ph.capture
+            ids = [f"user-{i}" for i in range(users)]
+            trackers.append(
+                Tracker(
+                    "posthog",
+                    lambda i: capture(EVENT_NAME, distinct_id=ids[i % users], properties=CONTEXT),
+                    lambda: ph.flush(timeout_seconds=60),
+                    ph.shutdown,
+                )
+            )
+        else:
+            notes.append("tracking: posthog skipped (posthog not installed)")
+
+        if available("launchdarkly"):
+            import ldclient
+            from ldclient import Context
+            from ldclient.config import Config
+
+            ld_config = Config(
+                "sdk-bench",
+                base_uri=base,
+                events_uri=base,
+                stream_uri=base,
+                use_ldd=True,  # no streaming or polling: flags would come from a store (unused)
+                diagnostic_opt_out=True,
+                events_max_pending=queue,
+            )
+            logging.getLogger("ldclient").setLevel(logging.ERROR)
+            ld = ldclient.LDClient(config=ld_config)
+            contexts = [Context.create(f"user-{i}") for i in range(users)]
+            track = ld.track
+            trackers.append(
+                Tracker(
+                    "launchdarkly",
+                    lambda i: track(EVENT_NAME, contexts[i % users], CONTEXT),
+                    ld.flush,
+                    ld.close,
+                )
+            )
+        else:
+            notes.append("tracking: launchdarkly skipped (launchdarkly-server-sdk not installed)")
+    except BaseException:
+        for tracker in trackers:
+            with contextlib.suppress(Exception):
+                tracker.close()
+        raise
+    return trackers
+
+
+def wait_delivered(
+    stub: Stub, name: str, target: int, deadline: float, settle: float = 3.0
+) -> tuple[int, int]:
+    """Poll the stub until it counted ``target`` events of ``name``, or its count has not moved
+    for ``settle`` seconds (the rest were lost), or ``deadline`` (``time.monotonic``) passes.
+
+    Returns the count and the ``perf_counter_ns`` at which it was first seen.
+    """
+    last, seen = -1, time.perf_counter_ns()
+    while True:
+        count = stub.counts()[name]
+        now = time.perf_counter_ns()
+        if count != last:
+            last, seen = count, now
+        if count >= target:
+            return count, now
+        if (now - seen) / 1e9 > settle or time.monotonic() > deadline:
+            return count, seen
+        time.sleep(0.002)
+
+
+def track_round(stub: Stub, tracker: Tracker, events: int, timeout: float) -> dict[str, Any]:
+    before = stub.counts()[tracker.name]
+    samples = [0] * events
+    call = tracker.call
+    clock = time.perf_counter_ns
+    gc.collect()
+    first = clock()
+    for i in range(events):
+        start = clock()
+        call(i)
+        samples[i] = clock() - start
+    calls_done = clock()
+    tracker.flush()
+    count, done = wait_delivered(stub, tracker.name, before + events, time.monotonic() + timeout)
+    delivered = count - before
+    seconds = (done - first) / 1e9
+    return {
+        "caller": summarize(samples),
+        "calls_s": (calls_done - first) / 1e9,
+        "delivered": delivered,
+        "expected": events,
+        "delivery_s": seconds,  # until the last event counted (all of them, or fewer: lost)
+        "events_per_s": delivered / seconds if seconds > 0 else 0.0,
+    }
+
+
+def bench_tracking(stub: Stub, args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
+    events, rounds, timeout = args.events, args.track_rounds, args.delivery_timeout
+    trackers = make_trackers(stub.base, events, args.users, notes, args.default_queues)
+    try:
+        for tracker in trackers:  # start threads, open connections: one-time costs
+            track_round(stub, tracker, args.track_warmup, timeout)
+        results: dict[str, list[dict[str, Any]]] = {t.name: [] for t in trackers}
+        for r in range(rounds):
+            shift = r % len(trackers)
+            for tracker in trackers[shift:] + trackers[:shift]:
+                result = track_round(stub, tracker, events, timeout)
+                results[tracker.name].append(result)
+                if result["delivered"] != events:
+                    notes.append(
+                        f"tracking: {tracker.name} round {r + 1}: the stub counted "
+                        f"{result['delivered']} of {events} events (its count stopped moving; "
+                        f"the rest were dropped or not delivered)"
+                    )
+    finally:
+        for tracker in trackers:
+            with contextlib.suppress(Exception):
+                tracker.close()
+    summary: dict[str, Any] = {}
+    for name, per_round in results.items():
+        samples_median = [x["caller"]["median_us"] for x in per_round]
+        summary[name] = {
+            "rounds": per_round,
+            "caller_median_us": statistics.median(samples_median),
+            "caller_p99_us": statistics.median(x["caller"]["p99_us"] for x in per_round),
+            "delivery_s": statistics.median(x["delivery_s"] for x in per_round),
+            "events_per_s": statistics.median(x["events_per_s"] for x in per_round),
+            "delivered": sum(x["delivered"] for x in per_round),
+            "expected": sum(x["expected"] for x in per_round),
+        }
+    return summary
+
+
+# import time ------------------------------------------------------------------------------------
+
+_IMPORTTIME = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)\s*$")
+
+
+def import_time_us(module: str) -> int:
+    """Cumulative import time of ``module`` in a fresh interpreter (``-X importtime``)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"import {module} failed: {proc.stderr.strip()[-500:]}")
+    for line in proc.stderr.splitlines():
+        match = _IMPORTTIME.match(line)
+        if match and match.group(4) == module and len(match.group(3)) == 1:
+            return int(match.group(2))
+    raise RuntimeError(f"no importtime line for {module}")
+
+
+def bench_imports(runs: int, notes: list[str]) -> dict[str, dict[str, float]]:
+    modules = {}
+    for label, module in IMPORTS.items():
+        dist = next((d for d, m in PEER_PACKAGES.values() if m == module), None)
+        if dist is not None and not available(
+            next(k for k, (d, _) in PEER_PACKAGES.items() if d == dist)
+        ):
+            notes.append(f"import: {label} skipped (not installed)")
+            continue
+        modules[label] = module
+    samples: dict[str, list[int]] = {label: [] for label in modules}
+    for r in range(runs):
+        labels = list(modules)
+        shift = r % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            samples[label].append(import_time_us(modules[label]))
+    return {
+        label: {
+            "median_ms": statistics.median(values) / 1000,
+            "min_ms": min(values) / 1000,
+            "max_ms": max(values) / 1000,
+            "runs": len(values),
+        }
+        for label, values in samples.items()
+    }
+
+
+# report -----------------------------------------------------------------------------------------
+
+FETCH_LABELS = {
+    "requests": "raw requests.Session().post().json() (floor)",
+    "moengage": "moengage fetch_experience().result()",
+    "amplitude": "amplitude-experiment fetch_v2()",
+    "posthog": "posthog get_all_flags_and_payloads() (remote)",
+    "flagsmith": "flagsmith get_identity_flags()",
+}
+TRACK_LABELS = {
+    "moengage": "moengage experience_shown()",
+    "posthog": "posthog capture()",
+    "launchdarkly": "launchdarkly track()",
+}
+
+
+def print_report(result: dict[str, Any]) -> None:
+    if "fetch" in result:
+        sizes = result["fetch_answer_bytes"]
+        print()
+        print("FETCH (answer bytes: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + ")")
+        print(f"{'contender':<48} {'median us':>10} {'p99 us':>10} {'ratio':>7}")
+        for name, s in result["fetch"].items():
+            print(
+                f"{FETCH_LABELS[name]:<48} {s['median_us']:>10.1f} {s['p99_us']:>10.1f} "
+                f"{s['ratio']:>6.2f}x"
+            )
+    if "tracking" in result:
+        print()
+        print(
+            f"TRACKING ({result['events']:,} events for {result['users']} users per round, "
+            f"{result['track_rounds']} rounds; queues {result['queues']}; medians over rounds)"
+        )
+        print(
+            f"{'contender':<32} {'caller med us':>13} {'caller p99 us':>13} "
+            f"{'delivery s':>10} {'events/s':>10} {'delivered':>16}"
+        )
+        for name, s in result["tracking"].items():
+            print(
+                f"{TRACK_LABELS[name]:<32} {s['caller_median_us']:>13.2f} "
+                f"{s['caller_p99_us']:>13.1f} {s['delivery_s']:>10.3f} "
+                f"{s['events_per_s']:>10,.0f} {s['delivered']:>7,}/{s['expected']:<8,}"
+            )
+    if "imports" in result:
+        print()
+        print(f"IMPORT TIME (python -X importtime, {result['import_runs']} runs each)")
+        print(f"{'module':<28} {'median ms':>10} {'min ms':>8} {'max ms':>8}")
+        for label, s in result["imports"].items():
+            print(f"{label:<28} {s['median_ms']:>10.1f} {s['min_ms']:>8.1f} {s['max_ms']:>8.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3000, help="fetch rounds (default 3000)")
+    parser.add_argument("--warmup", type=int, default=200, help="fetch warm-up calls each")
+    parser.add_argument("--events", type=int, default=20_000, help="events per tracking round")
+    parser.add_argument("--users", type=int, default=100, help="distinct users")
+    parser.add_argument("--track-rounds", type=int, default=3, help="tracking rounds per SDK")
+    parser.add_argument("--track-warmup", type=int, default=500, help="untimed events first")
+    parser.add_argument(
+        "--delivery-timeout", type=float, default=30.0, help="seconds to wait per round"
+    )
+    parser.add_argument(
+        "--default-queues",
+        action="store_true",
+        help="leave every SDK's event queue at its default (10,000), not sized to a round",
+    )
+    parser.add_argument("--import-runs", type=int, default=7, help="fresh imports per module")
+    parser.add_argument(
+        "--only", choices=("fetch", "tracking", "imports"), action="append", help="run only these"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    args = parser.parse_args(argv)
+    parts = set(args.only or ("fetch", "tracking", "imports"))
+
+    env = environment()
+    print(f"Python {env['python']} ({env['executable']})")
+    print(f"{env['platform']}, {env['cpus']} CPUs, load average {env['loadavg_at_start']}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+    notes: list[str] = []
+    result: dict[str, Any] = {"environment": env, "notes": notes}
+    started = time.perf_counter()
+    with Stub() as stub:
+        print(f"stub pid {stub.proc.pid} on {stub.base}")
+        if "fetch" in parts:
+            result["fetch_answer_bytes"] = {k: len(v) for k, v in fetch_answers().items()}
+            result["fetch"] = bench_fetch(stub, args.rounds, args.warmup, notes)
+            result["fetch_rounds"] = args.rounds
+        if "tracking" in parts:
+            result["tracking"] = bench_tracking(stub, args, notes)
+            result.update(
+                events=args.events,
+                users=args.users,
+                track_rounds=args.track_rounds,
+                queues="defaults (10,000)" if args.default_queues else "sized to a round",
+            )
+        result["stub_requests"] = stub.counts()["requests"]
+    print("stub answered: " + ", ".join(f"{k} x{v}" for k, v in result["stub_requests"].items()))
+    unknown = set(result["stub_requests"]) - KNOWN_ROUTES
+    if unknown:
+        notes.append(f"the stub was asked for unknown routes (404): {sorted(unknown)}")
+    if "imports" in parts:
+        result["imports"] = bench_imports(args.import_runs, notes)
+        result["import_runs"] = args.import_runs
+    result["wall_time_s"] = time.perf_counter() - started
+    result["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    print_report(result)
+    print()
+    for note in notes:
+        print(f"note: {note}")
+    print(
+        f"wall time {result['wall_time_s']:.1f} s; load average at end {result['loadavg_at_end']}"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
