@@ -643,7 +643,7 @@ class EventPipeline:
         exc = state.outcome.exception() if state.outcome else None
         cap = self._config.event_retry_max_backoff
         if isinstance(exc, HTTPStatusError) and exc.retry_after is not None:
-            return exc.retry_after
+            return min(exc.retry_after, cap)  # a huge Retry-After must not stall delivery
         backoff = min(cap, INITIAL_BACKOFF * 2 ** min(state.attempt_number - 1, 30))
         return random.uniform(backoff / 2, backoff)  # noqa: S311
 

@@ -22,7 +22,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -365,20 +365,35 @@ class Transport:
             timeout=remaining,
         )
         try:
-            headers = response.headers
-            declared = headers.get("Content-Length")
-            self._check_declared(declared, call)
-            if declared is not None and "Content-Encoding" not in headers:
-                content = response.read()  # bounded by the declared length, checked above
-            else:  # chunked or compressed: never decode more than the cap
-                content = response.read(self._max_bytes + 1, decode_content=True)
-                if len(content) > self._max_bytes:
-                    raise self._too_big(call)
+            self._check_declared(response.headers.get("Content-Length"), call)
+            read1 = getattr(response, "read1", None)  # urllib3 >= 2.3: one recv at most
+            if read1 is not None:
+                content = self._read_body(lambda: read1(_CHUNK, decode_content=True), call)
+            else:
+                content = self._read_body(lambda: response.read(_CHUNK, decode_content=True), call)
         except BaseException:
             response.close()  # the connection is in an unknown state: do not reuse it
             raise
         response.release_conn()
         return _Answer(response.status, response.reason or "", response.headers, content)
+
+    def _read_body(self, read: Callable[[], bytes], call: _Call) -> bytes:
+        """The whole body, never more than ``max_response_bytes`` (decoded), and never past the
+        call's deadline: a body that trickles in frees the worker (the socket timeout alone
+        bounds each read, not their sum)."""
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            if time.monotonic() >= call.deadline:
+                raise self._deadline_error(call)
+            chunk = read()
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > self._max_bytes:
+                raise self._too_big(call)
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _exchange_adapter(
         self, call: _Call, headers: Mapping[str, str], remaining: float
@@ -393,18 +408,15 @@ class Transport:
         response = self._adapter.send(prepared, timeout=(remaining, remaining), **self._send_kwargs)
         try:
             self._check_declared(response.headers.get("Content-Length"), call)
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in response.iter_content(_CHUNK):
-                total += len(chunk)
-                if total > self._max_bytes:
-                    raise self._too_big(call)
-                chunks.append(chunk)
+            read1 = getattr(response.raw, "read1", None)
+            if read1 is not None:
+                content = self._read_body(lambda: read1(_CHUNK, decode_content=True), call)
+            else:  # another adapter's raw stream
+                chunks = response.iter_content(_CHUNK)
+                content = self._read_body(lambda: next(chunks, b""), call)
         finally:
             response.close()
-        return _Answer(
-            response.status_code, response.reason or "", response.headers, b"".join(chunks)
-        )
+        return _Answer(response.status_code, response.reason or "", response.headers, content)
 
     def _check_declared(self, declared: str | None, call: _Call) -> None:
         if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:

@@ -118,11 +118,6 @@ def test_events_429_waits_what_retry_after_says(
     assert_every_event_arrived(server, ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SDK bug: the event back-off takes Retry-After as is, never capped by "
-    "event_retry_max_backoff (_events.py EventPipeline._backoff)",
-)
 def test_events_retry_after_is_capped_by_event_retry_max_backoff(
     server: FaultServer, short_sleeps: ShortSleeps
 ) -> None:
@@ -189,11 +184,6 @@ def test_hung_events_connection_is_abandoned_after_the_attempt_timeout(
     assert_every_event_arrived(server, ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SDK bug: an events answer that trickles in holds the dispatcher past its attempt "
-    "timeout, for as long as the server trickles (_transport.py _exchange_direct)",
-)
 def test_trickling_events_answer_is_abandoned_after_the_attempt_timeout(
     server: FaultServer, short_sleeps: ShortSleeps, monkeypatch: pytest.MonkeyPatch
 ) -> None:

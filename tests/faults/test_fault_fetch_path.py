@@ -59,11 +59,6 @@ from moengage_personalize import (
 
 from support import FakeClock, wait_for
 
-TRICKLE_BUG = (
-    "SDK bug: a body that trickles in keeps the worker reading past the deadline (the socket "
-    "timeout bounds each recv, not the whole read): _transport.py _exchange_direct"
-)
-
 
 class Fault(NamedTuple):
     name: str
@@ -94,7 +89,6 @@ FAULTS = [
         DeadlineExceededError,
         1,
         ("deadline",),
-        TRICKLE_BUG,
     ),
     Fault("reset_before_answer", reset, ErrorCode.NETWORK_ERROR, NetworkError, 3, ("reset",)),
     Fault(
