@@ -345,7 +345,10 @@ class PersonalizeApp:
         data = self._read_body(environ)
         try:
             text = data.decode("utf-8")
-            return json.loads(text, parse_constant=_refuse_constant)
+            document = json.loads(text, parse_constant=_refuse_constant)
+            if "\\u" in text:  # an escaped lone surrogate decodes but can never be stored or
+                json.dumps(document, ensure_ascii=False).encode("utf-8")  # echoed: a 400
+            return document
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise _error(400, MALFORMED_JSON, UNDECODABLE_BODY) from None
 
@@ -360,11 +363,11 @@ class PersonalizeApp:
         stream = environ.get("wsgi.input")
         declared = str(environ.get("CONTENT_LENGTH") or "").strip()
         if declared:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):
                 raise _error(400, REQUEST_ERROR, f"Invalid Content-Length header: {declared!r}.")
-            wanted = int(declared)
-            if wanted > limit:
+            if len(declared.lstrip("0")) > len(str(limit)) or int(declared) > limit:
                 raise too_large
+            wanted = int(declared)
         elif environ.get("wsgi.input_terminated"):
             wanted = limit + 1  # read to EOF, but never past the limit
         else:
@@ -558,7 +561,7 @@ class PersonalizeApp:
         limit_text = one("limit")
         limit: int | None = None
         if limit_text is not None:
-            if not limit_text.isdigit():
+            if not (limit_text.isascii() and limit_text.isdigit()) or len(limit_text) > 18:
                 raise _error(
                     400, REQUEST_ERROR, f"limit must be a whole number, got {limit_text!r}."
                 )
@@ -670,7 +673,7 @@ def _session_text(value: Any) -> str | None:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)) and math.isfinite(value):
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
         return json.dumps(value)
     return None
 

@@ -198,7 +198,8 @@ class _WSGIHandler(http.server.BaseHTTPRequestHandler):
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         length: int | None = None
         if length_text is not None and not chunked:
-            if length_text.strip().isdigit():
+            digits = length_text.strip()
+            if digits.isascii() and digits.isdigit() and len(digits) <= 18:
                 length = int(length_text)
             else:  # the application answers it; the body's end is unknown: close after
                 self.close_connection = True
