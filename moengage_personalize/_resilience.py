@@ -176,7 +176,8 @@ class _Call:
     __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = threading.Lock()  # held by the leader until the result is in (cheaper
+        self.done.acquire()  # than an Event, and most calls have no follower)
         self.result: Any = None
         self.error: PersonalizeError | None = None
 
@@ -206,14 +207,15 @@ class SingleFlight:
             finally:
                 with self._lock:
                     del self._calls[key]
-                call.done.set()
+                call.done.release()
         else:
             self.coalesced.add()
-            if not call.done.wait(max(0.0, deadline - time.monotonic())):
+            if not call.done.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 raise DeadlineExceededError(
                     f"waiting for an identical request in flight did not complete within the "
                     f"deadline of {timeout:g} s (config.timeout)"
                 )
+            call.done.release()  # let the next follower through
         if call.error is not None:
             raise call.error
         result: T = call.result
