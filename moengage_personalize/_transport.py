@@ -365,19 +365,27 @@ class Transport:
             timeout=remaining,
         )
         try:
-            self._check_declared(response.headers.get("Content-Length"), call)
+            headers = response.headers
+            declared = self._check_declared(headers.get("Content-Length"), call)
+            expected = None if "Content-Encoding" in headers else declared
             read1 = getattr(response, "read1", None)  # urllib3 >= 2.3: one recv at most
             if read1 is not None:
-                content = self._read_body(lambda: read1(_CHUNK, decode_content=True), call)
+                content = self._read_body(
+                    lambda: read1(_CHUNK, decode_content=True), call, expected
+                )
             else:
-                content = self._read_body(lambda: response.read(_CHUNK, decode_content=True), call)
+                content = self._read_body(
+                    lambda: response.read(_CHUNK, decode_content=True), call, expected
+                )
         except BaseException:
             response.close()  # the connection is in an unknown state: do not reuse it
             raise
         response.release_conn()
         return _Answer(response.status, response.reason or "", response.headers, content)
 
-    def _read_body(self, read: Callable[[], bytes], call: _Call) -> bytes:
+    def _read_body(
+        self, read: Callable[[], bytes], call: _Call, expected: int | None = None
+    ) -> bytes:
         """The whole body, never more than ``max_response_bytes`` (decoded), and never past the
         call's deadline: a body that trickles in frees the worker (the socket timeout alone
         bounds each read, not their sum)."""
@@ -393,6 +401,8 @@ class Transport:
             if total > self._max_bytes:
                 raise self._too_big(call)
             chunks.append(chunk)
+            if total == expected:  # the declared length is in: no read just to see the end
+                break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _exchange_adapter(
@@ -418,12 +428,16 @@ class Transport:
             response.close()
         return _Answer(response.status_code, response.reason or "", response.headers, content)
 
-    def _check_declared(self, declared: str | None, call: _Call) -> None:
-        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+    def _check_declared(self, declared: str | None, call: _Call) -> int | None:
+        """The declared body length (None if absent or unreadable); over the cap: PARSE_ERROR."""
+        if declared is None or not (declared.isascii() and declared.isdigit()):
+            return None
+        if len(declared) > 18 or int(declared) > self._max_bytes:
             raise ParseError(
                 f"the {call.what} answer declares {declared} bytes, over the "
                 f"{self._max_bytes}-byte cap (config.max_response_bytes)"
             )
+        return int(declared)
 
     def _too_big(self, call: _Call) -> ParseError:
         return ParseError(
