@@ -101,3 +101,23 @@ def test_answer_without_content_length_is_read_whole(
 
     httpserver.expect_request(META).respond_with_handler(chunked)
     assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+
+
+def test_injected_session_proxies_are_used(httpserver: HTTPServer) -> None:
+    """Proxies set on an injected session (per client, not via the environment) carry the calls:
+    the 'proxy' (a local server) receives them in absolute form."""
+    httpserver.expect_request(META).respond_with_json(DEFAULT_META)
+    session = requests.Session()
+    session.proxies = {"http": httpserver.url_for("/").rstrip("/")}
+    session.trust_env = False
+    config = PersonalizeConfig(allow_insecure_http=True)
+    with MoEngagePersonalize(
+        APP_ID,
+        api_key=API_KEY,
+        base_url="http://personalize.example.invalid/v1",
+        session=session,
+        config=config,
+    ) as client:
+        assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+    (req,) = requests_to(httpserver, META)
+    assert req.headers["Host"] == "personalize.example.invalid"
