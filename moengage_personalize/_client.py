@@ -128,8 +128,11 @@ class _Deadlines:
         self._stopped = False
         self._wake_at = math.inf  # when the thread next wakes by itself
 
-    def add(self, deadline: float, future: Future[Any], message: str) -> None:
+    def add(self, deadline: float, future: Future[Any], message: str) -> bool:
+        """Watch ``future``; False once stopped (the client closed meanwhile)."""
         with self._cond:
+            if self._stopped:
+                return False
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="moengage-personalize-deadline", daemon=True
@@ -142,6 +145,7 @@ class _Deadlines:
             if deadline < self._wake_at:  # rare: every call has the same timeout
                 self._wake_at = deadline
                 self._cond.notify()
+            return True
 
     def pending(self) -> list[Future[Any]]:
         with self._cond:
@@ -300,6 +304,10 @@ class MoEngagePersonalize:
     ) -> None:
         if not isinstance(app_id, str) or not app_id.strip():
             raise ValueError("app_id must be the workspace ID, a non-empty str")
+        if app_id != app_id.strip() or not app_id.isprintable() or not app_id.isascii():
+            raise ValueError(
+                f"app_id must be printable ASCII without surrounding spaces: {app_id!r}"
+            )
         if not isinstance(api_key, str) or not api_key.strip():
             raise ValueError("api_key must be a non-empty str")
         if config is None:
@@ -420,13 +428,10 @@ class MoEngagePersonalize:
         if not self._config.enabled:
             self._errors.fail(future, SDKDisabledError(f"{what}: the client was built disabled"))
             return future
-        breaker = self._core.breaker
-        refused = breaker.blocked() if breaker is not None else None
-        if refused is not None:
-            self._errors.fail(future, refused)
-            return future
         deadline = time.monotonic() + self._config.timeout
-        self._deadlines.add(deadline, future, what)
+        if not self._deadlines.add(deadline, future, what):
+            self._errors.fail(future, ClientClosedError(f"{what}: the client is closed"))
+            return future
         try:
             self._executor.submit(self._run, future, fn, args, deadline)
         except RuntimeError as exc:  # executor shut down, or interpreter shutting down
@@ -650,7 +655,7 @@ class MoEngagePersonalize:
         wait_futures(pending, timeout=timeout)
         for future in pending:
             self._errors.fail(future, ClientClosedError("the client was closed while the call ran"))
-        self._deadlines.stop(timeout=1.0)
+        self._deadlines.stop(timeout=max(0.0, end - time.monotonic()))
         self._transport.close()
 
     def _after_fork_in_child(self) -> None:
@@ -694,6 +699,7 @@ class MoEngagePersonalize:
                 if self._owns_executor:
                     self._executor.shutdown(wait=False, cancel_futures=True)
                 self._deadlines.stop(timeout=0)
+                self._events.abandon()
             except Exception:  # noqa: S110 - best effort at garbage collection
                 pass
 

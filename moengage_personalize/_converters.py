@@ -212,12 +212,13 @@ def _typed_value(key: str, name: str, entry: Any) -> Any:
     if not isinstance(entry, dict) or "value" not in entry:
         return entry
     value = entry["value"]
-    typer = _TYPERS.get(entry.get("data_type"))  # type: ignore[arg-type]
+    kind = entry.get("data_type")
+    typer = _TYPERS.get(kind) if isinstance(kind, str) else None
     if typer is None:  # "string" and unknown kinds stay as received
         return value
     try:
         return typer(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         log.debug(
             "experience %r: payload %r kept as received (%s as %s failed: %s)",
             key,

@@ -140,9 +140,7 @@ class Core:
         ``meta_ttl`` on, one background refresh replaces it (stale-while-revalidate)."""
         snapshot = self._meta
         if snapshot is not None and self._config.meta_ttl > 0:
-            now = self._clock()
-            if now >= snapshot.refresh_at and now >= self._retry_refresh_at:
-                self._schedule_refresh()
+            self._maybe_refresh(snapshot)
             return snapshot, DataSource.CACHE
         try:
             loaded, _ = self._flights.do(
@@ -153,6 +151,13 @@ class Core:
                 return snapshot, DataSource.CACHE
             raise
         return loaded, DataSource.NETWORK
+
+    def _maybe_refresh(self, snapshot: _MetaSnapshot) -> None:
+        """Start one background refresh from 90% of ``meta_ttl`` on (not while a failed one
+        waits its retry interval)."""
+        now = self._clock()
+        if now >= snapshot.refresh_at and now >= self._retry_refresh_at:
+            self._schedule_refresh()
 
     def _schedule_refresh(self) -> None:
         with self._lock:
@@ -231,8 +236,7 @@ class Core:
             if not hit:
                 return None
             found[key] = value
-        if self._clock() >= snapshot.refresh_at:
-            self._schedule_refresh()
+        self._maybe_refresh(snapshot)
         self.cache_hits.add(len(wanted))
         return _assemble(keys, wanted, found, failures)
 

@@ -94,6 +94,8 @@ def check_context(context: object, where: str) -> Mapping[str, Any]:
         raise ValueError(
             f"{where}.experience_context lacks {', '.join(missing)} (required to attribute events)"
         )
+    if not all(type(k) is str for k in context):
+        raise TypeError(f"{where}.experience_context keys must all be str")
     return context
 
 
@@ -112,22 +114,29 @@ def _uuid4s(count: int) -> list[str]:
     return out
 
 
-def _to_items(records: Sequence[EventRecord], platform: str) -> list[_Item]:
+def _to_items(records: Sequence[EventRecord], platform: str) -> tuple[list[_Item], int]:
     """Wire-ready events: each gets its ``moe_event_uuid`` here, once, kept across retries.
 
     The action JSON is assembled from pre-encoded parts; a campaign context shared by many
     events is encoded once per batch.
     """
     platform_json = _encode(platform)
+    unencodable = 0
     encoded: dict[int, str] = {}  # id(context) -> JSON, for contexts alive during this call
     items = []
     for record, event_uuid in zip(records, _uuid4s(len(records)), strict=True):
-        if record.under is None and record.over is None:
-            attributes = encoded.get(id(record.context))
-            if attributes is None:
-                attributes = encoded[id(record.context)] = _encode(record.context)
-        else:
-            attributes = _encode({**(record.under or {}), **record.context, **(record.over or {})})
+        try:
+            if record.under is None and record.over is None:
+                attributes = encoded.get(id(record.context))
+                if attributes is None:
+                    attributes = encoded[id(record.context)] = _encode(record.context)
+            else:
+                merged = {**(record.under or {}), **record.context, **(record.over or {})}
+                attributes = _encode(merged)
+        except (TypeError, ValueError) as exc:  # changed after the call checked it
+            log.error("moengage-personalize: an event could not be encoded (%s); dropped", exc)
+            unencodable += 1
+            continue
         items.append(
             _Item(
                 record.customer_id,
@@ -137,7 +146,7 @@ def _to_items(records: Sequence[EventRecord], platform: str) -> list[_Item]:
                 f'"attributes":{attributes}}}',
             )
         )
-    return items
+    return items, unencodable
 
 
 def _body(items: Sequence[_Item]) -> bytes:
@@ -161,7 +170,9 @@ def _fits(items: Iterable[_Item], limit_actions: int) -> list[_Item]:
     size = 20
     for item in items:
         key = (item.customer_id, item.timezone_offset)
-        extra = len(item.action_json) + 1 + (0 if key in users else 80 + len(item.customer_id))
+        extra = (
+            len(item.action_json.encode()) + 1 + (0 if key in users else 80 + len(item.customer_id))
+        )
         if out and (
             len(out) >= limit_actions
             or size + extra > MAX_BYTES_PER_REQUEST
@@ -332,6 +343,9 @@ class EventPipeline:
         the parent's to send, never sent twice) and memory only (the outbox file belongs to the
         parent, which holds its lock)."""
         config = self._config
+        if self._outbox is not None:
+            self._outbox.release()  # closes the child's copy of the lock file; the parent's
+            self._outbox = None  # descriptor keeps the lock
         if config.event_store is not None:
             warn_once(
                 "fork-outbox",
@@ -400,11 +414,11 @@ class EventPipeline:
 
     def flush(self, timeout: float) -> FlushReport:
         """Wait until every event queued so far is delivered or given up, or ``timeout`` passes."""
-        target = len(self._queue)
         with self._progress:
-            target += self._taken
+            target = len(self._queue) + self._taken
         self._write.set()
         self._wake.set()
+        self._interrupt.set()  # a flush asks for delivery now: cut a retry back-off short
         end = time.monotonic() + timeout
         with self._progress:
             while self._settled < target and self._threads_alive():
@@ -420,6 +434,7 @@ class EventPipeline:
         an outbox, stays in it for the next client)."""
         end = time.monotonic() + timeout
         self._give_up_at = end
+        self._interrupt.set()
         self.flush(timeout)
         self._stopping = True
         self._interrupt.set()
@@ -463,6 +478,17 @@ class EventPipeline:
         with self._lock:
             self._live_threads -= 1
         self._release_outbox_when_idle()
+
+    def abandon(self) -> None:
+        """Stop at once without waiting (the client was garbage-collected unclosed): the threads
+        end by themselves and the outbox lock is released when they have."""
+        self._give_up_at = time.monotonic()
+        self._stopping = True
+        self._interrupt.set()
+        self._wake.set()
+        self._write.set()
+        if not self._started:
+            self._release_outbox_when_idle()
 
     def _threads_alive(self) -> bool:
         return not self._started or any(t.is_alive() for t in self._threads)
@@ -510,13 +536,12 @@ class EventPipeline:
     def _take_records(self, limit: int) -> list[EventRecord]:
         records: list[EventRecord] = []
         queue = self._queue
-        while queue and len(records) < limit:
-            records.append(queue.popleft())
-        if records:
-            with self._progress:
-                self._taken += len(records)
-            if self._dropping and len(queue) < self._maxsize // 2:
-                self._dropping = False
+        with self._progress:  # popped and counted together: flush() and pending() read both
+            while queue and len(records) < limit:
+                records.append(queue.popleft())
+            self._taken += len(records)
+        if records and self._dropping and len(queue) < self._maxsize // 2:
+            self._dropping = False
         return records
 
     def _write_outbox(self) -> None:
@@ -532,10 +557,12 @@ class EventPipeline:
                 self._write.clear()
                 while self._queue:
                     records = self._take_records(1000)
-                    items = _to_items(records, self._platform)
+                    items, unencodable = _to_items(records, self._platform)
+                    if unencodable:
+                        self._settle(failed=unencodable)
                     try:
                         stored = outbox.add(items)
-                    except sqlite3.Error as exc:
+                    except Exception as exc:  # sqlite3.Error, or a bug: never end the thread
                         log.error("moengage-personalize: writing the event store failed: %s", exc)
                         stored = 0
                     if stored < len(items):
@@ -554,7 +581,12 @@ class EventPipeline:
             return _fits(self._outbox.take(self._batch), self._batch)
         items, self._carry = self._carry, []
         if len(items) < self._batch:
-            items.extend(_to_items(self._take_records(self._batch - len(items)), self._platform))
+            more, unencodable = _to_items(
+                self._take_records(self._batch - len(items)), self._platform
+            )
+            if unencodable:
+                self._settle(failed=unencodable)
+            items.extend(more)
         batch = _fits(items, self._batch)
         self._carry = items[len(batch) :]
         return batch
@@ -566,12 +598,15 @@ class EventPipeline:
             while True:
                 self._wake.wait(interval)
                 self._wake.clear()
-                while not self._give_up_passed():
-                    batch = self._next_batch()
-                    if not batch:
-                        break
-                    if not self._deliver(batch):
-                        break  # gave up: the client is closing
+                try:
+                    while not self._give_up_passed():
+                        batch = self._next_batch()
+                        if not batch:
+                            break
+                        if not self._deliver(batch):
+                            break  # gave up: the client is closing
+                except Exception:  # a bug must not end delivery for the client's life
+                    log.exception("moengage-personalize: the event dispatcher failed; continuing")
                 if self._stopping and (
                     self._outbox is None or not self._queue or self._give_up_passed()
                 ):
@@ -600,7 +635,9 @@ class EventPipeline:
                 self._acknowledge(items, failed=True)
                 return True
             half = len(items) // 2
-            return self._deliver(items[:half]) and self._deliver(items[half:])
+            if not self._deliver(items[:half]):
+                return self._give_up(items[half:], exc)
+            return self._deliver(items[half:])
         except PersonalizeError as exc:
             return self._give_up(items, exc)
         self._acknowledge(items, failed=False)
@@ -658,6 +695,8 @@ class EventPipeline:
             self._config.sleep(seconds)
             return
         self._interrupt.wait(seconds)
+        if not self._stopping:
+            self._interrupt.clear()  # woken by a flush: one attempt now, then back-off again
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         items: Sequence[_Item] = state.args[0]

@@ -317,7 +317,7 @@ class Transport:
                 return None
             try:
                 return json.loads(answer.body)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 ctype = answer.headers.get("Content-Type", "no content type")
                 raise ParseError(
                     f"the {call.what} answer is not JSON ({ctype}, {len(answer.body)} bytes)"

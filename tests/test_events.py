@@ -211,6 +211,11 @@ def test_events_grouped_per_user_and_user_override(
             "lacks experience, moe_locale_id",
         ),
         (lambda t: t.experience_shown(campaign(user=User())), ValueError, "customer id"),
+        (
+            lambda t: t.experience_shown({"experience_context": {**CONTEXT, 1: "x"}}, user="u"),
+            TypeError,
+            "keys must all be str",
+        ),
         (lambda t: t.experience_shown(campaign(), user=5), TypeError, "user must be"),
         (lambda t: t.experience_clicked(campaign(), b_id=5), TypeError, "b_id"),
         (lambda t: t.experiences_shown(campaign()), TypeError, "campaigns must be a list"),
@@ -454,3 +459,17 @@ def test_uuids_are_random_version_4(tracker: MoEngagePersonalize, recorder: Reco
     uuids = [uuid.UUID(a["moe_event_uuid"]) for _, a in recorder.delivered()]
     assert len(set(uuids)) == 300
     assert {(u.version, u.variant) for u in uuids} == {(4, uuid.RFC_4122)}
+
+
+def test_flush_cuts_a_long_retry_back_off_short(base_url: str, recorder: Recorder) -> None:
+    """A flush asks for delivery now: a pending back-off (Retry-After 30 s) is cut short and the
+    event goes out at once once the service accepts it."""
+    recorder.script = [(429, {"Retry-After": "30"})]
+    config = PersonalizeConfig(event_flush_interval=0.01)
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config) as client:
+        client.experience_shown(campaign())
+        time.sleep(0.2)  # the first attempt got the 429; the dispatcher now waits 30 s
+        start = time.monotonic()
+        report = client.flush(timeout=5)
+        assert time.monotonic() - start < 2
+    assert (report.sent, report.completed) == (1, True)

@@ -220,6 +220,7 @@ def test_payload_values_typed_by_data_type(
         "bad_json": {"value": "{nope", "data_type": "json"},
         "bad_bool": {"value": "yes", "data_type": "boolean"},
         "odd_kind": {"value": "x", "data_type": "color"},
+        "list_kind": {"value": "y", "data_type": ["string"]},
         "no_envelope": "bare",
     }
     with_meta.expect_request("/v1/experiences/fetch").respond_with_json(
@@ -240,6 +241,7 @@ def test_payload_values_typed_by_data_type(
         "bad_json": "{nope",
         "bad_bool": "yes",
         "odd_kind": "x",
+        "list_kind": "y",
         "no_envelope": "bare",
     }
     assert isinstance(campaign.payload["n_int"], int)

@@ -206,9 +206,9 @@ def test_breaker_opens_after_consecutive_failures_and_fails_fast(
         for _ in range(5):
             client.fetch_experience("cart-upsell").exception(FUTURE_TIMEOUT)
         sent = len(requests_to(with_meta, FETCH))
-        fast = client.fetch_experience("cart-upsell")
-        assert fast.done()
-        err = fast.exception(0)
+        start = time.monotonic()
+        err = client.fetch_experience("cart-upsell").exception(FUTURE_TIMEOUT)
+        assert time.monotonic() - start < 0.5
         stats = client.stats()
     assert isinstance(err, PersonalizeError)
     assert err.code is ErrorCode.UNKNOWN_SERVER_ERROR
@@ -222,15 +222,45 @@ def test_breaker_opens_at_once_on_401(httpserver: HTTPServer, base_url: str) -> 
     httpserver.expect_request(META).respond_with_json(
         {"title": "Authentication required"}, status=401
     )
-    with make(base_url) as client:
+    with make(base_url, meta_ttl=0) as client:
         first = client.fetch_experiences_meta().exception(FUTURE_TIMEOUT)
-        second = client.fetch_experiences_meta()
-        assert second.done()
-        err = second.exception(0)
+        err = client.fetch_experiences_meta().exception(FUTURE_TIMEOUT)
     assert isinstance(first, PersonalizeError)
     assert isinstance(err, PersonalizeError)
     assert (err.code, err.status_code) == (ErrorCode.HTTP_ERROR, 401)
     assert len(requests_to(httpserver, META)) == 1
+
+
+def test_open_breaker_still_serves_memory_and_stale_values(
+    httpserver: HTTPServer, base_url: str, clock: FakeClock, sleeps: Sleeps
+) -> None:
+    """While the circuit is open, loaded metadata keeps serving and stale_if_error values are
+    still served: only calls that need the network fail fast."""
+    httpserver.expect_request(META).respond_with_json(DEFAULT_META)
+    httpserver.expect_oneshot_request(FETCH).respond_with_json(served("cart-upsell"))
+    httpserver.expect_request(FETCH).respond_with_json({}, status=500)
+    policy = CircuitBreakerPolicy(failure_threshold=2, cool_down=600)
+    with make(
+        base_url,
+        circuit_breaker=policy,
+        cache_ttl=1,
+        stale_if_error=3600,
+        clock=clock,
+        sleep=sleeps,
+    ) as client:
+        client.fetch_experience("cart-upsell").result(FUTURE_TIMEOUT)
+        clock.advance(5)
+        for _ in range(3):  # failures open the circuit; each is answered from the stale cache
+            result = client.fetch_experience("cart-upsell").result(FUTURE_TIMEOUT)
+            assert result.experiences[0].source is DataSource.CACHE
+        assert client.stats().circuit_state == "open"
+        sent = len(requests_to(httpserver, FETCH))
+        assert client.fetch_experience("cart-upsell").result(FUTURE_TIMEOUT).experiences
+        assert len(requests_to(httpserver, FETCH)) == sent  # no request while open
+        meta = client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        assert len(meta.experiences) == 4
+        with pytest.raises(PersonalizeError):  # nothing cached for this user: fails fast
+            client.fetch_experience("cart-upsell", user="new").result(FUTURE_TIMEOUT)
 
 
 def test_breaker_half_open_trial_closes_it_again(

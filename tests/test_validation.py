@@ -179,7 +179,7 @@ def test_bad_constructor_arguments(kwargs: dict[str, Any], error: type, match: s
         MoEngagePersonalize(APP_ID, api_key=API_KEY, **kwargs)
 
 
-@pytest.mark.parametrize("app_id", ["", "  ", None])
+@pytest.mark.parametrize("app_id", ["", "  ", None, "WS1\n", " WS1", "WS\u20131"])
 def test_missing_app_id_is_refused(app_id: Any) -> None:
     """The workspace id must be a non-empty str."""
     with pytest.raises(ValueError, match="app_id"):
