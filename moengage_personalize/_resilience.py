@@ -98,14 +98,6 @@ class CircuitBreaker:
     def _cool_down_passed(self) -> bool:
         return time.monotonic() - self._opened_at >= self._cool_down
 
-    def blocked(self) -> PersonalizeError | None:
-        """The error to fail fast with while the circuit is open and cooling down, else None
-        (never takes the half-open trial: the call that runs does, through :meth:`check`)."""
-        with self._lock:
-            if self._state is CircuitState.OPEN and not self._cool_down_passed():
-                return self._fast_fail_error()
-            return None
-
     def check(self) -> PersonalizeError | None:
         """None if a call may go ahead (it may be the half-open trial), else the error to fail
         fast with."""
