@@ -141,6 +141,7 @@ class ExperienceCampaign:
     ``payload`` holds the bare values typed by ``data_type``; ``raw_payload`` the envelopes as
     received; ``experience_context`` the attribution to send back with impressions and clicks;
     ``user`` the user it was fetched for; ``offerings`` the offerings found in the payload.
+    Treat the dicts as read-only: with the experience cache on, one campaign serves every hit.
     """
 
     experience_key: str
