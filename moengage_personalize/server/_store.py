@@ -45,8 +45,9 @@ CREATE TABLE IF NOT EXISTS events (
     request_id TEXT NOT NULL,
     received_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_by_experience ON events (experience_key, moe_variation_id);
 """
+# No secondary index: ingest speed matters more here than stats queries, which scan (a local
+# server's event table stays small enough for that).
 
 _COLUMNS = (
     "moe_event_uuid",
@@ -119,6 +120,7 @@ class EventStore:
         skipped (a retried request stores nothing twice)."""
         now = time.time()
         rows: list[tuple[Any, ...]] = []
+        encoded: dict[Any, str] = {}  # the same context, sent with many events, encoded once
         for element in elements:
             user_attributes = element.get("user_attributes")
             for action in element["actions"]:
@@ -142,7 +144,7 @@ class EventStore:
                         _opt_str(attributes.get("audience_name")),
                         _opt_str(attributes.get("dp_offering_id")),
                         _opt_str(attributes.get("b_id")),
-                        _dumps(attributes),
+                        _encode_memo(attributes, encoded),
                         None if user_attributes is None else _dumps(user_attributes),
                         element.get("user_timezone_offset"),
                         request_id,
@@ -248,6 +250,18 @@ class EventStore:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the event store is closed")
+
+
+def _encode_memo(attributes: Mapping[str, Any], memo: dict[Any, str]) -> str:
+    """``attributes`` as JSON; identical flat string-valued objects are encoded once per batch."""
+    try:
+        key = tuple(attributes.items())
+        text = memo.get(key)
+    except TypeError:  # a nested (unhashable) value: encode it as it is
+        return _dumps(attributes)
+    if text is None:
+        text = memo[key] = _dumps(attributes)
+    return text
 
 
 def _opt_str(value: Any) -> str | None:
