@@ -26,7 +26,7 @@ CLICKED = "MOE_PERSONALIZATION_MESSAGE_CLICKED"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    moe_event_uuid TEXT NOT NULL UNIQUE,
+    moe_event_uuid TEXT NOT NULL,
     action TEXT NOT NULL,
     customer_id TEXT NOT NULL,
     event_time INTEGER,
@@ -93,6 +93,9 @@ class EventStore:
                 self._db.execute("PRAGMA cache_size=-65536")
                 self._db.execute("PRAGMA wal_autocheckpoint=10000")
             self._db.executescript(_SCHEMA)
+            # De-duplication by moe_event_uuid is kept in memory (loaded from the file at start):
+            # a unique index over random uuids makes every commit rewrite pages all over it.
+            self._seen = {row[0] for row in self._db.execute("SELECT moe_event_uuid FROM events")}
         except sqlite3.Error:
             self._db.close()
             raise
@@ -152,19 +155,25 @@ class EventStore:
                     )
                 )
         placeholders = ", ".join("?" for _ in _COLUMNS)
-        sql = f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
+        sql = f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
         with self._lock:
             self._check_open()
-            before = self._db.total_changes
+            seen = self._seen
+            fresh: list[tuple[Any, ...]] = []
+            batch: set[str] = set()
+            for row in rows:
+                if row[0] not in seen and row[0] not in batch:
+                    batch.add(row[0])
+                    fresh.append(row)
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(sql, rows)
+                self._db.executemany(sql, fresh)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-            stored = self._db.total_changes - before
-        return stored, len(rows) - stored
+            seen |= batch
+        return len(fresh), len(rows) - len(fresh)
 
     def events(
         self,
