@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import json
 import os
-import selectors
 import shutil
 import signal
 import socket
@@ -27,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from _common import first_line
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PR_SET_PDEATHSIG = 1
@@ -78,12 +79,7 @@ class LocalServer:
             raise
 
     def _read_info(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout):
-                raise RuntimeError(f"the local server did not start within {timeout} s")
-        line = self.proc.stdout.readline().decode("utf-8", "replace").strip()
+        line = first_line(self.proc, timeout, "the local server")
         try:
             info = json.loads(line)
         except ValueError:

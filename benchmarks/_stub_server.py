@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -178,11 +179,17 @@ class StubProtocol(asyncio.Protocol):
 
 
 async def serve(host: str, port: int, experiences: int) -> None:
-    loop = asyncio.get_running_loop()
     routes = Routes(experiences)
-    server = await loop.create_server(
-        lambda: StubProtocol(routes), host, port, reuse_address=True, backlog=128
-    )
+    await serve_protocol(host, port, lambda: StubProtocol(routes))
+
+
+async def serve_protocol(
+    host: str, port: int, protocol_factory: Callable[[], asyncio.Protocol]
+) -> None:
+    """Serve ``protocol_factory``'s connections on ``host:port``, print ``PORT <n>``, and run
+    until SIGTERM/SIGINT or until stdin is closed (shared with ``peers/_peer_stub.py``)."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(protocol_factory, host, port, reuse_address=True, backlog=128)
     bound = server.sockets[0].getsockname()[1]
     sys.stdout.write(f"PORT {bound}\n")
     sys.stdout.flush()

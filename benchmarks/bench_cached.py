@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_fetch import StubServer, median, percentile
+from _common import StubServer, median, percentile
 
 from moengage_personalize import MoEngagePersonalize, PersonalizeConfig
 

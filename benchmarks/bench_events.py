@@ -29,28 +29,30 @@ Run: ``python benchmarks/bench_events.py [--rounds 3] [--calls 20000] [--burst 5
 from __future__ import annotations
 
 import argparse
-import base64
 import gc
 import json
 import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
-from _local_server import LocalServer, process_cpu_seconds, thread_cpu_seconds
-from bench_fetch import environment, median, percentile
-
-from moengage_personalize import (
-    DataSource,
-    ExperienceCampaign,
-    MoEngagePersonalize,
-    PersonalizeConfig,
-    User,
+from _common import (
+    CONTEXT,
+    auth_headers,
+    campaigns_for,
+    environment,
+    latency_us,
+    median,
+    percentile,
+    print_environment,
+    write_json,
 )
+from _local_server import LocalServer, process_cpu_seconds, thread_cpu_seconds
+
+from moengage_personalize import MoEngagePersonalize, PersonalizeConfig
 
 TARGET_MEDIAN_US = 5.0
 TARGET_P99_US = 200.0
@@ -60,31 +62,7 @@ PEERS = {
     "Amplitude track": "35 us / 0.4 ms; 1.1 s (sometimes 11 s)",
     "LaunchDarkly": "1.6 us, but half of the burst lost on its defaults",
 }
-CONTEXT = {
-    "cid": "65eae5738ea5032b0ef60138_F_T_WP_AB_2_P_0_AU_42D",
-    "experience": "Homepage Banner — Free Shipping",
-    "moe_locale_id": "0",
-    "moe_variation_id": "2",
-    "audience_name": "High Intent Users",
-    "audience_id": "42D",
-    "type": "Web Personalization",
-    "experience_type": "API based Experience",
-}
 DISPATCHER_THREAD = "moengage-personalize-events"
-
-
-def campaigns_for(users: int) -> list[ExperienceCampaign]:
-    """One campaign per user, as a fetch for that user would have returned it."""
-    return [
-        ExperienceCampaign(
-            experience_key="homepage-banner",
-            payload={},
-            experience_context=dict(CONTEXT),
-            source=DataSource.NETWORK,
-            user=User(customer_id=f"user-{i}"),
-        )
-        for i in range(users)
-    ]
 
 
 def dispatcher_native_id() -> int | None:
@@ -232,10 +210,8 @@ def ceiling(server: LocalServer, events: int, connections: int) -> dict[str, Any
             )
         body = {"elements": [{"customer_id": c, "actions": a} for c, a in users.items()]}
         bodies.append(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
-    token = base64.b64encode(f"{server.workspace_id}:{server.api_key}".encode()).decode()
     headers = {
-        "Authorization": f"Basic {token}",
-        "MOE-APPKEY": server.workspace_id,
+        **auth_headers(server.workspace_id, server.api_key),
         "Content-Type": "application/json",
     }
     url = urlsplit(server.base_url)
@@ -279,10 +255,7 @@ def ceiling(server: LocalServer, events: int, connections: int) -> dict[str, Any
 def latency_stats(samples: list[int]) -> dict[str, float]:
     ordered = sorted(samples)
     return {
-        "n": len(ordered),
-        "median_us": median(ordered) / 1000,
-        "p90_us": percentile(ordered, 90) / 1000,
-        "p99_us": percentile(ordered, 99) / 1000,
+        **latency_us(ordered),
         "p999_us": percentile(ordered, 99.9) / 1000,
         "max_us": ordered[-1] / 1000,
         "mean_us": sum(ordered) / len(ordered) / 1000,
@@ -323,11 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--queue-size must hold a whole burst (>= --burst and --calls)")
 
     env = environment()
-    print(f"Python {env['python']}")
-    print(
-        f"{env['platform']}, {env['cpus']} CPUs; moengage-personalize "
-        f"{env['moengage_personalize']}, requests {env['requests']}, urllib3 {env['urllib3']}"
-    )
+    print_environment(env)
     started = time.perf_counter()
     overhead = clock_overhead_ns()
     latency: list[dict[str, Any]] = []
@@ -483,8 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             "peers": PEERS,
             "wall_time_s": elapsed,
         }
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 

@@ -21,29 +21,27 @@ The exit status is non-zero only on errors, never because the target is missed.
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
 import datetime as dt
-import gc
 import json
-import os
-import platform
-import selectors
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import requests
 import urllib3
+from _common import (
+    StubServer,
+    add_ratios,
+    auth_headers,
+    environment,
+    latency_us,
+    print_environment,
+    run_interleaved,
+    write_json,
+)
 
-import moengage_personalize
 from moengage_personalize import MoEngagePersonalize
-
-HERE = Path(__file__).resolve().parent
-STUB_SERVER = HERE / "_stub_server.py"
 
 APP_ID = "bench-workspace"
 API_KEY = "bench-key"
@@ -59,67 +57,6 @@ PEERS = {
     "bare urllib3 (peer measurement)": 0.45,
 }
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-
-
-# the stub server --------------------------------------------------------------------------------
-
-
-class StubServer:
-    """The stub server subprocess: started on an ephemeral loopback port, stopped on exit."""
-
-    def __init__(self, experiences: int = 20, start_timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", str(STUB_SERVER), "--experiences", str(experiences)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        try:
-            self.port = self._read_port(start_timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _read_port(self, timeout: float) -> int:
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout):
-                raise RuntimeError(f"the stub server did not report its port within {timeout} s")
-        line = self.proc.stdout.readline().decode("ascii", "replace").strip()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"the stub server did not start (it printed {line!r})")
-        return int(line.split()[1])
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc.poll() is None:
-            if proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()  # the server exits by itself when its stdin closes
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
-        elif proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def __enter__(self) -> StubServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 # the contenders ---------------------------------------------------------------------------------
@@ -152,18 +89,13 @@ def check_body_matches_sdk(body: dict[str, Any]) -> str:
     return "identical to the SDK's"
 
 
-def auth_headers() -> dict[str, str]:
-    token = base64.b64encode(f"{APP_ID}:{API_KEY}".encode()).decode("ascii")
-    return {"Authorization": f"Basic {token}", "MOE-APPKEY": APP_ID}
-
-
 class Contenders:
     """The three ways of making the call, all against ``base``; ``close()`` releases them."""
 
     def __init__(self, base: str) -> None:
         self.fetch_url = f"{base}/v1/experiences/fetch"
         self.body = sdk_body([KEY], ATTRIBUTES, CUSTOMER_ID)
-        self.headers = auth_headers()
+        self.headers = auth_headers(APP_ID, API_KEY)
         self.json_headers = {**self.headers, "Content-Type": "application/json"}
         self.session = requests.Session()
         self.pool = urllib3.PoolManager()
@@ -219,66 +151,16 @@ class Contenders:
 # measuring --------------------------------------------------------------------------------------
 
 
-def percentile(sorted_ns: list[int], q: float) -> float:
-    """Nearest-rank percentile ``q`` (0..100) of already sorted samples."""
-    if not sorted_ns:
-        raise ValueError("no samples")
-    rank = max(1, -(-len(sorted_ns) * q // 100))  # ceil(n * q / 100)
-    return float(sorted_ns[int(rank) - 1])
-
-
-def median(sorted_ns: list[int]) -> float:
-    n = len(sorted_ns)
-    mid = n // 2
-    return float(sorted_ns[mid]) if n % 2 else (sorted_ns[mid - 1] + sorted_ns[mid]) / 2
-
-
-def run(calls: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, list[int]]:
-    names = list(calls)
-    for _ in range(warmup):
-        for name in names:
-            calls[name]()
-    gc.collect()
-    samples: dict[str, list[int]] = {name: [] for name in names}
-    clock = time.perf_counter_ns
-    for i in range(rounds):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
-            call = calls[name]
-            start = clock()
-            call()
-            samples[name].append(clock() - start)
-    return samples
-
-
 def summarize(samples: dict[str, list[int]], baseline: str) -> dict[str, dict[str, float]]:
     stats: dict[str, dict[str, float]] = {}
     for name, values in samples.items():
         ordered = sorted(values)
         stats[name] = {
-            "n": len(ordered),
-            "median_us": median(ordered) / 1000,
-            "p90_us": percentile(ordered, 90) / 1000,
-            "p99_us": percentile(ordered, 99) / 1000,
+            **latency_us(ordered),
             "min_us": ordered[0] / 1000,
             "mean_us": sum(ordered) / len(ordered) / 1000,
         }
-    base = stats[baseline]["median_us"]
-    for item in stats.values():
-        item["ratio"] = item["median_us"] / base
-    return stats
-
-
-def environment() -> dict[str, Any]:
-    return {
-        "python": sys.version.replace("\n", " "),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "moengage_personalize": moengage_personalize.__version__,
-        "requests": requests.__version__,
-        "urllib3": urllib3.__version__,
-    }
+    return add_ratios(stats, baseline)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be >= 1 and --warmup >= 0")
 
     env = environment()
-    print(f"Python {env['python']}")
-    print(
-        f"{env['platform']}, {env['cpus']} CPUs; moengage-personalize "
-        f"{env['moengage_personalize']}, requests {env['requests']}, urllib3 {env['urllib3']}"
-    )
+    print_environment(env)
     started = time.perf_counter()
     with StubServer(experiences=args.experiences) as server:
         contenders = Contenders(server.base)
@@ -307,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"stub server pid {server.proc.pid} on {server.base}; body {body_check}; "
                 f"{args.rounds} rounds after {args.warmup} warm-up calls each"
             )
-            samples = run(contenders.all(), args.rounds, args.warmup)
+            samples = run_interleaved(contenders.all(), args.rounds, args.warmup)
         finally:
             contenders.close()
     elapsed = time.perf_counter() - started
@@ -346,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             "peers": PEERS,
             "wall_time_s": elapsed,
         }
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 

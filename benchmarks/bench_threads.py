@@ -31,7 +31,6 @@ Run: ``python benchmarks/bench_threads.py [--server both] [--duration 3] [--roun
 from __future__ import annotations
 
 import argparse
-import base64
 import gc
 import json
 import logging
@@ -40,11 +39,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import requests
 import urllib3
+from _common import (
+    StubServer,
+    auth_headers,
+    campaigns_for,
+    environment,
+    print_environment,
+    write_json,
+)
 from _local_server import (
     LocalServer,
     closed_port,
@@ -52,15 +58,9 @@ from _local_server import (
     reset_peak_rss,
     status_kb,
 )
-from bench_fetch import StubServer, environment, sdk_body
+from bench_fetch import sdk_body
 
-from moengage_personalize import (
-    DataSource,
-    ExperienceCampaign,
-    MoEngagePersonalize,
-    PersonalizeConfig,
-    User,
-)
+from moengage_personalize import MoEngagePersonalize, PersonalizeConfig
 
 KEY = "homepage-banner"
 CUSTOMER_ID = "user_8821"
@@ -74,22 +74,6 @@ PEERS = {
     "PostHog": 0.94,
     "Flagsmith": 1.06,
 }
-CONTEXT = {
-    "cid": "65eae5738ea5032b0ef60138_F_T_WP_AB_2_P_0_AU_42D",
-    "experience": "Homepage Banner — Free Shipping",
-    "moe_locale_id": "0",
-    "moe_variation_id": "2",
-    "audience_name": "High Intent Users",
-    "audience_id": "42D",
-    "type": "Web Personalization",
-    "experience_type": "API based Experience",
-}
-
-
-def auth_headers(app_id: str, api_key: str) -> dict[str, str]:
-    token = base64.b64encode(f"{app_id}:{api_key}".encode()).decode("ascii")
-    return {"Authorization": f"Basic {token}", "MOE-APPKEY": app_id}
-
 
 # throughput -------------------------------------------------------------------------------------
 
@@ -319,16 +303,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
     client = MoEngagePersonalize(
         "bench-workspace", api_key="bench-key", base_url=f"http://127.0.0.1:{port}/v1"
     )
-    campaigns = [
-        ExperienceCampaign(
-            experience_key=KEY,
-            payload={},
-            experience_context=dict(CONTEXT),
-            source=DataSource.NETWORK,
-            user=User(customer_id=f"user-{i}"),
-        )
-        for i in range(100)
-    ]
+    campaigns = campaigns_for(100)
     try:
         client.experience_shown(campaigns[0])  # starts the dispatcher: not part of the growth
         time.sleep(0.05)
@@ -413,11 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
     env = environment()
-    print(f"Python {env['python']}")
-    print(
-        f"{env['platform']}, {env['cpus']} CPUs; moengage-personalize "
-        f"{env['moengage_personalize']}, requests {env['requests']}, urllib3 {env['urllib3']}"
-    )
+    print_environment(env)
     started = time.perf_counter()
     mem = None
     if not args.skip_memory:  # first: a fresh process, before the threads' allocations
@@ -513,8 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             "peers": PEERS,
             "wall_time_s": elapsed,
         }
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 

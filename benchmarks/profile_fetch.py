@@ -32,18 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fetch import (
-    API_KEY,
-    APP_ID,
-    ATTRIBUTES,
-    CUSTOMER_ID,
-    KEY,
-    StubServer,
-    auth_headers,
-    run,
-    sdk_body,
-    summarize,
-)
+from _common import StubServer, auth_headers, run_interleaved
+from bench_fetch import API_KEY, APP_ID, ATTRIBUTES, CUSTOMER_ID, KEY, sdk_body, summarize
 
 from moengage_personalize import MoEngagePersonalize, PersonalizeConfig
 
@@ -173,7 +163,7 @@ def layers(base: str, rounds: int, warmup: int) -> None:
         url = f"{base}{path}"
         body = sdk_body([KEY], ATTRIBUTES, CUSTOMER_ID)
         data = json.dumps(body, separators=(",", ":")).encode()
-        headers = {**auth_headers(), "Content-Type": "application/json"}
+        headers = {**auth_headers(APP_ID, API_KEY), "Content-Type": "application/json"}
         calls: dict[str, Callable[[], Any]] = {
             "sdk fetch_experience().result()": lambda: client.fetch_experience(
                 KEY, attributes=ATTRIBUTES, user=CUSTOMER_ID
@@ -283,7 +273,7 @@ def layers(base: str, rounds: int, warmup: int) -> None:
 
         calls["http.client.HTTPConnection (floor)"] = http_client
         calls["raw socket (server + loopback floor)"] = raw_socket
-        stats = summarize(run(calls, rounds, warmup), baseline=next(iter(calls)))
+        stats = summarize(run_interleaved(calls, rounds, warmup), baseline=next(iter(calls)))
     finally:
         client.close()
         conn.close()

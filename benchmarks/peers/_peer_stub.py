@@ -34,19 +34,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gzip
 import json
-import os
-import signal
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _stub_server import FETCH_ANSWER, metadata_answer, response_bytes
+from _stub_server import FETCH_ANSWER, _dumps, metadata_answer, response_bytes, serve_protocol
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -57,10 +53,6 @@ _EXPERIENCE = FETCH_ANSWER["experiences"][KEY]
 #: the content every fetch answer carries: {"Title": ..., "ImageURL": ..., "CtaLabel": ...}
 PAYLOAD = {name: item["value"] for name, item in _EXPERIENCE["payload"].items()}
 CONTEXT = dict(_EXPERIENCE["experience_context"])
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def amplitude_answer() -> dict[str, Any]:
@@ -298,30 +290,8 @@ class StubProtocol(asyncio.Protocol):
 
 
 async def serve(host: str, port: int, experiences: int) -> None:
-    loop = asyncio.get_running_loop()
     routes = Routes(experiences)
-    server = await loop.create_server(
-        lambda: StubProtocol(routes), host, port, reuse_address=True, backlog=128
-    )
-    sys.stdout.write(f"PORT {server.sockets[0].getsockname()[1]}\n")
-    sys.stdout.flush()
-
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-
-    def watch_stdin() -> None:  # the parent closing our stdin (or dying) also stops us
-        with contextlib.suppress(OSError):
-            while os.read(fd, 4096):
-                pass
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(stop.set)
-
-    fd = sys.stdin.fileno()
-    threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
-    async with server:
-        await stop.wait()
+    await serve_protocol(host, port, lambda: StubProtocol(routes))
 
 
 def main(argv: list[str] | None = None) -> int:

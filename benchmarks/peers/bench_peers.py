@@ -48,7 +48,6 @@ import logging
 import os
 import platform
 import re
-import selectors
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import requests  # noqa: E402
+from _common import (  # noqa: E402
+    StubServer,
+    add_ratios,
+    auth_headers,
+    latency_us,
+    run_interleaved,
+    write_json,
+)
 from _peer_stub import CONTEXT, EVENT_NAME, KEY, PAYLOAD, fetch_answers  # noqa: E402
 from bench_fetch import (  # noqa: E402
     API_KEY,
@@ -69,9 +76,6 @@ from bench_fetch import (  # noqa: E402
     ATTRIBUTES,
     CUSTOMER_ID,
     EXPECTED_TITLE,
-    auth_headers,
-    median,
-    percentile,
     sdk_body,
 )
 
@@ -148,27 +152,11 @@ def environment() -> dict[str, Any]:
 # the stub server --------------------------------------------------------------------------------
 
 
-class Stub:
+class Stub(StubServer):
     """``_peer_stub.py`` in a subprocess on an ephemeral loopback port; ``stop()`` ends it."""
 
-    def __init__(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", str(STUB)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        try:
-            assert self.proc.stdout is not None
-            with selectors.DefaultSelector() as sel:
-                sel.register(self.proc.stdout, selectors.EVENT_READ)
-                if not sel.select(timeout):
-                    raise RuntimeError(f"the stub did not report its port within {timeout} s")
-            line = self.proc.stdout.readline().decode("ascii", "replace").strip()
-            if not line.startswith("PORT "):
-                raise RuntimeError(f"the stub did not start (it printed {line!r})")
-            self.port = int(line.split()[1])
-        except BaseException:
-            self.stop()
-            raise
-        self.base = f"http://127.0.0.1:{self.port}"
+    def __init__(self) -> None:
+        super().__init__(script=STUB)
         # the control channel: no proxies, its own connection (urllib opens one per call)
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -176,45 +164,13 @@ class Stub:
         with self._opener.open(f"{self.base}/_counts", timeout=5) as resp:
             return json.loads(resp.read())
 
-    def stop(self) -> None:
-        proc = self.proc
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                if proc.stdin is not None:
-                    proc.stdin.close()  # the stub exits by itself when its stdin closes
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-
-    def __enter__(self) -> Stub:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
 
 # statistics -------------------------------------------------------------------------------------
 
 
 def summarize(values_ns: list[int]) -> dict[str, float]:
     ordered = sorted(values_ns)
-    return {
-        "n": len(ordered),
-        "median_us": median(ordered) / 1000,
-        "p90_us": percentile(ordered, 90) / 1000,
-        "p99_us": percentile(ordered, 99) / 1000,
-        "max_us": ordered[-1] / 1000,
-    }
+    return {**latency_us(ordered), "max_us": ordered[-1] / 1000}
 
 
 # fetch ------------------------------------------------------------------------------------------
@@ -248,7 +204,7 @@ class Fetchers:
         url, body, headers = (
             f"{base}/v1/experiences/fetch",
             sdk_body([KEY], ATTRIBUTES, CUSTOMER_ID),
-            auth_headers(),
+            auth_headers(APP_ID, API_KEY),
         )
         self.calls["requests"] = lambda: session.post(url, json=body, headers=headers).json()
         self.checks["requests"] = lambda r: (
@@ -328,29 +284,11 @@ def bench_fetch(
     fetchers = Fetchers(stub.base, notes)
     try:
         fetchers.verify()
-        calls = fetchers.calls
-        names = list(calls)
-        for _ in range(warmup):
-            for name in names:
-                calls[name]()
-        gc.collect()
-        samples: dict[str, list[int]] = {name: [] for name in names}
-        clock = time.perf_counter_ns
-        for i in range(rounds):
-            shift = i % len(names)
-            for name in names[shift:] + names[:shift]:
-                call = calls[name]
-                start = clock()
-                call()
-                samples[name].append(clock() - start)
+        samples = run_interleaved(fetchers.calls, rounds, warmup)
         fetchers.verify()  # still answering correctly at the end
     finally:
         fetchers.close()
-    stats = {name: summarize(values) for name, values in samples.items()}
-    floor = stats["requests"]["median_us"]
-    for item in stats.values():
-        item["ratio"] = item["median_us"] / floor
-    return stats
+    return add_ratios({name: summarize(values) for name, values in samples.items()}, "requests")
 
 
 # tracking ---------------------------------------------------------------------------------------
@@ -708,8 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         f"wall time {result['wall_time_s']:.1f} s; load average at end {result['loadavg_at_end']}"
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 
