@@ -462,9 +462,12 @@ class EventPipeline:
                 "(kept in the event store for the next client)",
                 report.pending,
             )
-        elif undelivered:
+        elif undelivered or report.pending:
+            # pending: a request still in flight past the deadline; it ends by itself (its
+            # events are counted then, dropped unless that last attempt is accepted)
             log.warning(
-                "moengage-personalize: closed with %d events not delivered (dropped)", undelivered
+                "moengage-personalize: closed with %d events not delivered (dropped)",
+                undelivered + report.pending,
             )
         return report
 
