@@ -330,7 +330,7 @@ class MoEngagePersonalize:
         self._errors = _Errors(config.on_error)
         self._deadlines = _Deadlines(config.timeout, self._errors)
         self._lock = threading.Lock()
-        self._events = EventPipeline(self._transport, config)
+        self._events = EventPipeline(self._transport, config, self._offload)
         self._state = _State.OPEN
         self._exit_hook = functools.partial(_flush_at_exit, weakref.ref(self))
         atexit.register(self._exit_hook)
@@ -437,6 +437,15 @@ class MoEngagePersonalize:
         except RuntimeError as exc:  # executor shut down, or interpreter shutting down
             self._errors.fail(future, ClientClosedError(f"{what}: cannot run: {exc}"))
         return future
+
+    def _offload(self, fn: Callable[[], None]) -> Future[None] | None:
+        """Run an event send on the client's own worker pool (None: the caller runs it)."""
+        if not self._owns_executor or self._state is not _State.OPEN:
+            return None
+        try:
+            return self._executor.submit(fn)
+        except RuntimeError:
+            return None
 
     def _background(self, fn: Callable[[], None]) -> bool:
         """Run ``fn`` on a worker (metadata refreshes); False if the client cannot."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any, NamedTuple
 
 import attrs
@@ -54,6 +56,7 @@ MAX_USERS_PER_REQUEST = 100
 MAX_BYTES_PER_REQUEST = 512 * 1024
 ATTEMPT_TIMEOUT = 10.0  # seconds per send attempt (shorter when a close deadline is nearer)
 INITIAL_BACKOFF = 0.25
+MAX_IN_FLIGHT = 2  # requests whose first attempt runs on the worker pool at the same time
 _REJECTED = frozenset({400, 413, 422})  # the service refuses the content: split, never resend as is
 _WRITER_BATCH_DELAY = 0.002  # the outbox writer gathers this long before a commit
 
@@ -94,24 +97,24 @@ def check_context(context: object, where: str) -> Mapping[str, Any]:
         raise ValueError(
             f"{where}.experience_context lacks {', '.join(missing)} (required to attribute events)"
         )
-    if not all(type(k) is str for k in context):
-        raise TypeError(f"{where}.experience_context keys must all be str")
     return context
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant nibble
+
+
 def _uuid4s(count: int) -> list[str]:
-    """``count`` random (version 4) UUID strings from one ``os.urandom`` call."""
-    raw = bytearray(os.urandom(16 * count))
-    out = []
-    for at in range(0, 16 * count, 16):
-        raw[at + 6] = (raw[at + 6] & 0x0F) | 0x40  # version 4
-        raw[at + 8] = (raw[at + 8] & 0x3F) | 0x80  # RFC 4122 variant
-        h = raw[at : at + 16].hex()
-        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return out
+    """``count`` random (version 4) UUID strings from one ``os.urandom`` call: the version and
+    variant nibbles are set in the hex text (122 random bits each, as ``uuid.uuid4``)."""
+    h = os.urandom(16 * count).hex()
+    return [
+        f"{h[o : o + 8]}-{h[o + 8 : o + 12]}-4{h[o + 13 : o + 16]}-"
+        f"{_VARIANT[h[o + 16]]}{h[o + 17 : o + 20]}-{h[o + 20 : o + 32]}"
+        for o in range(0, 32 * count, 32)
+    ]
 
 
 def _to_items(records: Sequence[EventRecord], platform: str) -> tuple[list[_Item], int]:
@@ -296,9 +299,19 @@ def _release_lock(handle: Any) -> None:
 class EventPipeline:
     """The bounded queue, the dispatcher (and, with an outbox, the writer) and their counters."""
 
-    def __init__(self, transport: Transport, config: PersonalizeConfig) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        config: PersonalizeConfig,
+        offload: Callable[[Callable[[], None]], Future[None] | None] | None = None,
+    ) -> None:
         self._transport = transport
         self._config = config
+        # Runs one request's first attempt on the client's worker pool while the dispatcher
+        # builds the next one (None, or a None result: send on the dispatcher itself). Only
+        # while sends succeed: in an outage they stay on the dispatcher, off the fetch workers.
+        self._offload = offload
+        self._healthy = True
         self._platform = config.platform
         self._maxsize = config.event_queue_size
         self._batch = config.event_batch_size
@@ -354,7 +367,7 @@ class EventPipeline:
                 "events in memory",
             )
             config = attrs.evolve(config, event_store=None)
-        return EventPipeline(self._transport, config)
+        return EventPipeline(self._transport, config, self._offload)
 
     # caller side -----------------------------------------------------------------------------
 
@@ -602,12 +615,7 @@ class EventPipeline:
                 self._wake.wait(interval)
                 self._wake.clear()
                 try:
-                    while not self._give_up_passed():
-                        batch = self._next_batch()
-                        if not batch:
-                            break
-                        if not self._deliver(batch):
-                            break  # gave up: the client is closing
+                    self._send_all()
                 except Exception:  # a bug must not end delivery for the client's life
                     log.exception("moengage-personalize: the event dispatcher failed; continuing")
                 if self._stopping and (
@@ -622,10 +630,57 @@ class EventPipeline:
     def _give_up_passed(self) -> bool:
         return self._give_up_at is not None and time.monotonic() >= self._give_up_at
 
-    def _deliver(self, items: Sequence[_Item]) -> bool:
-        """Send ``items``; split on rejection. False when it gave up because the client closes."""
+    def _send_all(self) -> None:
+        """Send what is waiting. The first attempt of up to ``MAX_IN_FLIGHT`` requests runs on
+        the client's worker pool while this thread builds the next request; failures are
+        retried here (with back-off), oldest first."""
+        inflight: collections.deque[tuple[Future[None], list[_Item]]] = collections.deque()
+        # With an outbox the store is the queue: the next batch is read from it, so a request
+        # still in flight (not yet deleted) would be read again; send one at a time then.
+        offload = self._offload if self._outbox is None else None
         try:
-            self._retrying(self._send, items)
+            while not self._give_up_passed():
+                if not self._healthy:  # while sends fail, keep them off the fetch workers
+                    offload = None
+                batch = self._next_batch()
+                must_wait = len(inflight) >= MAX_IN_FLIGHT or (inflight and not batch)
+                if must_wait and not self._finish(*inflight.popleft()):
+                    break  # gave up: the client is closing
+                if not batch:
+                    if inflight:
+                        continue
+                    break
+                future = offload(functools.partial(self._send, batch)) if offload else None
+                if future is not None:
+                    inflight.append((future, batch))
+                elif not self._deliver(batch):
+                    break
+        finally:
+            while inflight:
+                self._finish(*inflight.popleft())
+
+    def _finish(self, future: Future[None], items: list[_Item]) -> bool:
+        """Settle a request whose first attempt ran on the worker pool (retrying it here)."""
+        try:
+            future.result(timeout=ATTEMPT_TIMEOUT + 5)
+        except PersonalizeError as exc:
+            self._healthy = False
+            return self._deliver(items, exc)
+        except Exception as exc:  # the pool failed to run it, or it never finished
+            self._healthy = False
+            error = PersonalizeError(f"sending events did not complete: {exc!r}")
+            return self._deliver(items, error)
+        self._acknowledge(items, failed=False)
+        return True
+
+    def _deliver(self, items: Sequence[_Item], first: PersonalizeError | None = None) -> bool:
+        """Send ``items`` (``first``: how an attempt made elsewhere failed); split on rejection.
+        False when it gave up because the client closes."""
+        try:
+            if first is None:
+                self._retrying(self._send, items)
+            else:
+                self._retrying(self._replay_then_send, items, [first])
         except HTTPStatusError as exc:
             if exc.status_code not in _REJECTED:
                 return self._give_up(items, exc)
@@ -643,8 +698,14 @@ class EventPipeline:
             return self._deliver(items[half:])
         except PersonalizeError as exc:
             return self._give_up(items, exc)
+        self._healthy = True  # delivered: the worker pool may carry sends again
         self._acknowledge(items, failed=False)
         return True
+
+    def _replay_then_send(self, items: Sequence[_Item], first: list[PersonalizeError]) -> None:
+        if first:
+            raise first.pop()  # tenacity sees the failed first attempt as its own
+        self._send(items)
 
     def _send(self, items: Sequence[_Item]) -> None:
         timeout = ATTEMPT_TIMEOUT
@@ -729,7 +790,10 @@ def campaign_context(campaign: object, name: str) -> tuple[Mapping[str, Any], Us
     if isinstance(campaign, ExperienceCampaign):
         return check_context(campaign.experience_context, name), campaign.user
     if isinstance(campaign, Mapping) and "experience_context" in campaign:
-        return check_context(campaign["experience_context"], name), None
+        context = check_context(campaign["experience_context"], name)
+        if not all(type(k) is str for k in context):  # JSON-decoded contexts always pass
+            raise TypeError(f"{name}.experience_context keys must all be str")
+        return context, None
     raise TypeError(
         f"{name} must be an ExperienceCampaign from this SDK (or a mapping with its "
         f"experience_context), not {type(campaign).__name__}"
