@@ -6,6 +6,9 @@ gives each event its ``moe_event_uuid`` (kept across retries), groups events per
 within the service's limits (100 users, ``event_batch_size`` actions, ~512 KiB), sends them with
 tenacity retries (network errors, 429, 5xx, 401: the events are kept and retried with backoff), and
 splits a batch the service rejects (400) until the bad events are isolated; only those are dropped.
+While sends succeed, the first attempt of up to ``MAX_IN_FLIGHT`` requests runs on the client's
+worker pool so that the dispatcher builds the next request meanwhile; every failure, retry and
+back-off stays on the dispatcher.
 
 With ``config.event_store`` a writer thread (``moengage-personalize-outbox``) moves queued events
 into SQLite within milliseconds; the dispatcher sends from there and deletes what the service
