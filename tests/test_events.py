@@ -146,7 +146,8 @@ def test_offering_events_carry_parent_context_and_attribution(
     tracker.offering_shown(offer)
     tracker.offering_clicked(parent, offer)
     tracker.flush(timeout=5)
-    (_, shown), (_, clicked) = recorder.delivered()
+    by_action = {a["action"]: a for _, a in recorder.delivered()}
+    shown, clicked = by_action[SHOWN], by_action[CLICKED]
     expected = {"rank": "1", "slot": "hero", "promo": "SPRING", "dp_offering_id": "o7", **CONTEXT}
     assert shown["action"] == SHOWN
     assert shown["attributes"] == expected
@@ -179,8 +180,14 @@ def test_plural_calls_keep_every_item_in_order(
     assert parent.offerings == offers
     tracker.flush(timeout=5)
     actions = [a for _, a in recorder.delivered()]
-    assert [a["attributes"]["experience"] for a in actions[:5]] == [f"exp-{i}" for i in range(5)]
-    assert [a["attributes"]["dp_offering_id"] for a in actions[5:]] == [f"o{i}" for i in range(5)]
+    shown = [
+        a["attributes"]["experience"] for a in actions if "dp_offering_id" not in a["attributes"]
+    ]
+    offers_seen = [
+        a["attributes"]["dp_offering_id"] for a in actions if "dp_offering_id" in a["attributes"]
+    ]
+    assert shown == [f"exp-{i}" for i in range(5)]  # each plural call keeps its items' order
+    assert offers_seen == [f"o{i}" for i in range(5)]
     assert len({a["moe_event_uuid"] for a in actions}) == 10
 
 
@@ -260,7 +267,9 @@ def test_batches_respect_the_batch_size(base_url: str, sleeps: Sleeps, recorder:
         for _ in range(7):
             client.experience_shown(campaign())
         assert client.flush(timeout=5).sent == 7
-    assert [sum(len(e["actions"]) for e in b["elements"]) for b in recorder.bodies] == [3, 3, 1]
+    # two requests may be in flight at once: their arrival order is not fixed
+    sizes = [sum(len(e["actions"]) for e in b["elements"]) for b in recorder.bodies]
+    assert sorted(sizes) == [1, 3, 3]
 
 
 def test_batches_hold_at_most_100_users(tracker: MoEngagePersonalize, recorder: Recorder) -> None:
@@ -268,7 +277,7 @@ def test_batches_hold_at_most_100_users(tracker: MoEngagePersonalize, recorder: 
     for i in range(150):
         tracker.experience_shown(campaign(), user=f"user-{i}")
     assert tracker.flush(timeout=5).sent == 150
-    assert [len(b["elements"]) for b in recorder.bodies] == [100, 50]
+    assert sorted(len(b["elements"]) for b in recorder.bodies) == [50, 100]
 
 
 def test_5xx_retried_with_the_same_uuids(
