@@ -27,7 +27,7 @@ import attrs
 import requests
 
 from ._config import PersonalizeConfig, User, coerce_user
-from ._core import Core
+from ._core import WEEKDAYS, Core
 from ._events import (
     ACTION_CLICKED,
     ACTION_SHOWN,
@@ -65,9 +65,7 @@ log = logging.getLogger("moengage_personalize")
 T = TypeVar("T")
 
 RESERVED_ATTRIBUTES = frozenset({"identifiers", "experience_key"})
-_WEEKDAYS = frozenset(
-    {"Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"}
-)
+_WEEKDAYS = frozenset(WEEKDAYS)
 _HOURS = frozenset(f"{h:02d}" for h in range(24))
 _STATUS_VALUES = {s.value: s for s in ExperienceStatus}
 

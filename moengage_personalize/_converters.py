@@ -29,12 +29,6 @@ log = logging.getLogger("moengage_personalize")
 
 T = TypeVar("T")
 
-REST_STATUS = {
-    ExperienceStatus.ACTIVE: "Active",
-    ExperienceStatus.PAUSED: "Paused",
-    ExperienceStatus.SCHEDULED: "Scheduled",
-}
-
 _OFFERING_KEYS = frozenset({"dp_offering_id", "offering_content", "offering_context"})
 _MAX_OFFERING_DEPTH = 8
 

@@ -39,7 +39,7 @@ META_PATH = "/experiences/metadata"
 FETCH_PATH = "/experiences/fetch"
 # After a failed refresh of expired metadata the stale list keeps serving; try again after this.
 META_RETRY_INTERVAL = 10.0
-_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _INACTIVE = (ExperienceStatus.PAUSED, ExperienceStatus.SCHEDULED)
 
 
@@ -47,7 +47,7 @@ _INACTIVE = (ExperienceStatus.PAUSED, ExperienceStatus.SCHEDULED)
 def _utc_day_and_hour(epoch_hour: int) -> tuple[str, str]:
     """``DAY_OF_THE_WEEK`` and ``TIME_OF_THE_DAY`` (UTC) for an hour since the epoch."""
     now = dt.datetime.fromtimestamp(epoch_hour * 3600, dt.timezone.utc)
-    return _WEEKDAYS[now.weekday()], f"{now.hour:02d}"
+    return WEEKDAYS[now.weekday()], f"{now.hour:02d}"
 
 
 @attrs.frozen
