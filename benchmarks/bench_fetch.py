@@ -198,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     print(f"{'contender':<40} {'median us':>10} {'p99 us':>10} {'ratio':>7}")
-    for name in ("requests", "urllib3", "sdk"):
+    for name in stats:
         s = stats[name]
         row = f"{s['median_us']:>10.1f} {s['p99_us']:>10.1f} {s['ratio']:>6.2f}x"
-        print(f"{labels[name]:<40} {row}")
+        print(f"{labels.get(name, name):<40} {row}")
     ratio = stats["sdk"]["ratio"]
     met = ratio <= TARGET_RATIO
     print()

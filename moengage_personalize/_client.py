@@ -7,6 +7,7 @@ completes: with a result, or with a :class:`PersonalizeError` no later than its 
 from __future__ import annotations
 
 import atexit
+import collections
 import enum
 import functools
 import heapq
@@ -21,7 +22,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import requests
@@ -49,7 +50,7 @@ from ._models import (
     PersonalizeStats,
 )
 from ._resilience import warn_once
-from ._transport import Transport, base_url_for
+from ._transport import Running, Transport, base_url_for, running
 from .exceptions import (
     ClientClosedError,
     DeadlineExceededError,
@@ -87,6 +88,80 @@ def _settle(future: Future[Any], result: Any = None, error: BaseException | None
     return True
 
 
+_GRACE = 0.005  # a call nobody waits for yet starts on a worker after at most about this
+_threads = threading.local()  # .latest: the last fetch the thread made, maybe not started yet
+
+
+class _Waiters(list):  # type: ignore[type-arg]
+    """A Future's waiter list: ``concurrent.futures.wait()`` and ``as_completed()`` add to it."""
+
+    __slots__ = ("owner",)
+    owner: weakref.ref[_Pending[Any]]
+
+    def append(self, waiter: Any) -> None:
+        super().append(waiter)
+        future = self.owner()
+        if future is not None:
+            future.hand_off()
+
+
+class _Pending(Future[T]):
+    """The Future of a fetch, whose call starts where it is first needed.
+
+    ``result()`` or ``exception()`` (with no timeout, or one not shorter than the call's deadline)
+    runs the call on the waiting thread itself: no hand-off to a worker and back, each of which
+    costs a thread wake-up. Anything else that waits for it (``add_done_callback``,
+    ``concurrent.futures.wait``/``as_completed``, ``asyncio.wrap_future``, a shorter ``result()``
+    timeout, the same thread's next fetch) hands it to a worker at once; a call nobody has waited
+    for after ``_GRACE`` goes to a worker too (the deadline thread sees to it). Either way the
+    call stays bounded by its deadline (see :class:`~moengage_personalize._transport.Running`).
+    """
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.claim = threading.Lock()  # taken by the one thread that runs the call
+        self.here: Callable[[], None] | None = None  # runs the call on the calling thread
+        self.elsewhere: Callable[[], None] | None = None  # hands it to a worker
+        self.run: Running | None = None  # the call in progress, for the deadline thread
+        waiters = _Waiters()
+        waiters.owner = weakref.ref(self)
+        self._waiters = waiters
+
+    def hand_off(self) -> None:
+        """Start the call on a worker unless it started already."""
+        elsewhere = self.elsewhere
+        if elsewhere is not None:
+            self.elsewhere = None
+            elsewhere()
+
+    def result(self, timeout: float | None = None) -> T:
+        self._wait(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return super().exception(timeout)
+
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
+        self.hand_off()
+        super().add_done_callback(fn)
+
+    def _wait(self, timeout: float | None) -> None:
+        latest = getattr(_threads, "latest", None)
+        if latest is not None:
+            _threads.latest = None
+            if latest is not self:
+                latest.hand_off()  # fan-out: the thread's later call runs meanwhile
+        here = self.here
+        if here is None:
+            return
+        if timeout is not None and timeout < self.deadline - time.monotonic():
+            self.hand_off()  # the caller may stop waiting before the call would end
+            return
+        here()
+
+
 class _Errors:
     """Counts the errors callers get, by code, and calls ``config.on_error`` for each, on the
     thread where the error surfaced; an exception inside the hook is logged and swallowed."""
@@ -114,40 +189,59 @@ class _Errors:
 
 class _Deadlines:
     """One thread that fails Futures whose deadline passed (``requests`` cannot bound DNS look-ups
-    or a trickling body, so the deadline completes the Future itself)."""
+    or a trickling body, so the deadline completes the Future itself), and hands calls nobody
+    waits for to a worker (``start_by``).
+
+    Callers never take its lock on the common path: they append to ``_inbox`` (atomic) and wake
+    the thread only if it would otherwise sleep past the new entry (every deadline is
+    ``config.timeout`` after its call, so later calls' deadlines never come first); the thread
+    moves the inbox into its heap each time it wakes.
+    """
 
     def __init__(self, timeout: float, errors: _Errors) -> None:
         self._timeout = timeout
         self._errors = errors
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Future[Any], str]] = []
+        self._cond = threading.Condition(threading.Lock())
+        self._inbox: collections.deque[tuple[float, int, Future[Any], str | None]] = (
+            collections.deque()
+        )
+        self._heap: list[tuple[float, int, Future[Any], str | None]] = []  # the thread's own
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopped = False
-        self._wake_at = math.inf  # when the thread next wakes by itself
+        self._wake_at = math.inf  # when the thread next wakes by itself; -inf while awake
 
-    def add(self, deadline: float, future: Future[Any], message: str) -> bool:
-        """Watch ``future``; False once stopped (the client closed meanwhile)."""
+    def add(
+        self, deadline: float, future: Future[Any], message: str, start_by: float | None = None
+    ) -> bool:
+        """Watch ``future`` (and, with ``start_by``, hand its call to a worker then if it has
+        not started: it must be a :class:`_Pending`); False once stopped (client closed)."""
+        if self._stopped:
+            return False
+        if self._thread is None:
+            self._start()
+        self._inbox.append((deadline, next(self._seq), future, message))
+        wake_by = deadline
+        if start_by is not None:
+            self._inbox.append((start_by, next(self._seq), future, None))
+            wake_by = start_by + _GRACE  # back-to-back calls: one wake-up per _GRACE at most
+        if self._wake_at > wake_by:
+            with self._cond:
+                self._cond.notify()
+        return True
+
+    def _start(self) -> None:
         with self._cond:
-            if self._stopped:
-                return False
-            if self._thread is None:
+            if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(
                     target=self._run, name="moengage-personalize-deadline", daemon=True
                 )
                 self._thread.start()
-            heap = self._heap
-            while heap and heap[0][2].done():  # completed calls leave from the front
-                heapq.heappop(heap)
-            heapq.heappush(heap, (deadline, next(self._seq), future, message))
-            if deadline < self._wake_at:  # rare: every call has the same timeout
-                self._wake_at = deadline
-                self._cond.notify()
-            return True
 
     def pending(self) -> list[Future[Any]]:
         with self._cond:
-            return [item[2] for item in self._heap if not item[2].done()]
+            entries = [*self._heap, *self._inbox]
+        return [item[2] for item in entries if item[3] is not None and not item[2].done()]
 
     def stop(self, timeout: float) -> None:
         with self._cond:
@@ -158,22 +252,32 @@ class _Deadlines:
             thread.join(timeout)
 
     def _run(self) -> None:
-        expired: list[tuple[Future[Any], str]] = []
+        expired: list[tuple[Future[Any], str | None]] = []
+        heap = self._heap
+        inbox = self._inbox
         while True:
             with self._cond:
                 while not self._stopped:
+                    self._wake_at = -math.inf
+                    while inbox:
+                        heapq.heappush(heap, inbox.popleft())
                     now = time.monotonic()
-                    while self._heap and (self._heap[0][0] <= now or self._heap[0][2].done()):
-                        _, _, future, message = heapq.heappop(self._heap)
+                    while heap and (heap[0][0] <= now or heap[0][2].done()):
+                        _, _, future, message = heapq.heappop(heap)
                         if not future.done():
                             expired.append((future, message))
                     if expired:
                         break
-                    self._wake_at = self._heap[0][0] if self._heap else math.inf
+                    self._wake_at = heap[0][0] if heap else math.inf
+                    if inbox:  # arrived meanwhile; its caller may have seen -inf
+                        continue
                     self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
                 if self._stopped:
                     return
             for future, what in expired:  # callbacks run outside the lock
+                if what is None:
+                    cast(_Pending[Any], future).hand_off()
+                    continue
                 self._errors.fail(
                     future,
                     DeadlineExceededError(
@@ -181,6 +285,9 @@ class _Deadlines:
                         "(config.timeout)"
                     ),
                 )
+                run = getattr(future, "run", None)
+                if run is not None:  # free the thread still running it
+                    run.abort()
             expired.clear()
 
 
@@ -278,15 +385,19 @@ class MoEngagePersonalize:
     ``requests.Session`` is not documented as thread-safe, so the client reads an injected
     ``session`` once, at construction (headers, proxies, ``verify``, ``cert``, the adapter
     mounted for the base URL), then only uses that adapter's connection pool, which is
-    thread-safe; the pool of the session the client creates is sized to ``max_workers``. Session
-    hooks, cookies and auth are not used.
+    thread-safe; the pool of the session the client creates has room for the workers and the
+    callers running their own call (``4 * max_workers + 1``). Session hooks, cookies and auth are
+    not used.
 
     **Futures.** Every fetch returns a :class:`concurrent.futures.Future` that completes with the
-    result or a :class:`PersonalizeError` within ``config.timeout``. ``add_done_callback`` callbacks
-    run on the thread that completes the Future: a worker thread, the client's deadline thread when
-    the deadline passes, or the calling thread if the Future is already complete. Keep them short,
-    never call ``.result()`` of another SDK Future inside one, and note that an exception raised in
-    a callback is logged by ``concurrent.futures`` and otherwise ignored.
+    result or a :class:`PersonalizeError` within ``config.timeout``. A thread that waits in
+    ``result()`` (no timeout, or one not shorter than the deadline left) before a worker started
+    the call runs it itself, still bounded by the deadline; any other way of waiting starts it on
+    a worker at once. ``add_done_callback`` callbacks run on the thread that completes the Future:
+    the thread that ran the call, the client's deadline thread when the deadline passes, or the
+    calling thread if the Future is already complete. Keep them short, never call ``.result()`` of
+    another SDK Future inside one, and note that an exception raised in a callback is logged by
+    ``concurrent.futures`` and otherwise ignored.
     """
 
     def __init__(
@@ -328,6 +439,7 @@ class MoEngagePersonalize:
         self._errors = _Errors(config.on_error)
         self._deadlines = _Deadlines(config.timeout, self._errors)
         self._lock = threading.Lock()
+        self._callers = [True] * (3 * config.max_workers)  # callers running their own call
         self._events = EventPipeline(self._transport, config, self._offload)
         self._state = _State.OPEN
         self._exit_hook = functools.partial(_flush_at_exit, weakref.ref(self))
@@ -419,64 +531,104 @@ class MoEngagePersonalize:
         return self._submit("fetching experiences", self._core.fetch, keys, attrs_, who)
 
     def _submit(self, what: str, fn: Callable[..., T], *args: Any) -> Future[T]:
-        future: Future[T] = Future()
+        now = time.monotonic()
+        future: _Pending[T] = _Pending(now + self._config.timeout)
         if self._state is not _State.OPEN:
             self._errors.fail(future, ClientClosedError(f"{what}: the client is closed"))
             return future
         if not self._config.enabled:
             self._errors.fail(future, SDKDisabledError(f"{what}: the client was built disabled"))
             return future
-        deadline = time.monotonic() + self._config.timeout
-        if not self._deadlines.add(deadline, future, what):
+        if not self._transport.inline:
+            if self._deadlines.add(future.deadline, future, what):
+                self._run_elsewhere(future, fn, args, what)
+            else:
+                self._errors.fail(future, ClientClosedError(f"{what}: the client is closed"))
+            return future
+        future.here = functools.partial(self._run_here, future, fn, args)
+        future.elsewhere = functools.partial(self._run_elsewhere, future, fn, args, what)
+        if not self._deadlines.add(future.deadline, future, what, now + _GRACE):
+            future.here = future.elsewhere = None
             self._errors.fail(future, ClientClosedError(f"{what}: the client is closed"))
             return future
-        try:
-            self._executor.submit(self._run, future, fn, args, deadline)
-        except RuntimeError as exc:  # executor shut down, or interpreter shutting down
-            self._errors.fail(future, ClientClosedError(f"{what}: cannot run: {exc}"))
+        previous = getattr(_threads, "latest", None)
+        _threads.latest = future
+        if previous is not None:
+            previous.hand_off()  # fan-out: this thread's earlier call starts now
         return future
 
-    def _offload(self, fn: Callable[[], None]) -> Future[None] | None:
-        """Run an event send on the client's own worker pool (None: the caller runs it)."""
-        if not self._owns_executor or self._state is not _State.OPEN:
+    def _run_elsewhere(
+        self, future: _Pending[T], fn: Callable[..., T], args: tuple[Any, ...], what: str
+    ) -> None:
+        try:
+            self._executor.submit(self._run, future, fn, args, None)
+        except RuntimeError as exc:  # executor shut down, or interpreter shutting down
+            self._errors.fail(future, ClientClosedError(f"{what}: cannot run: {exc}"))
+
+    def _spawn(self, fn: Callable[[], None]) -> Future[None] | None:
+        """Run ``fn`` on a worker; None if the client cannot (closed, executor shut down)."""
+        if self._state is not _State.OPEN:
             return None
         try:
             return self._executor.submit(fn)
         except RuntimeError:
             return None
 
+    def _offload(self, fn: Callable[[], None]) -> Future[None] | None:
+        """Run an event send on the client's own worker pool (None: the caller runs it)."""
+        return self._spawn(fn) if self._owns_executor else None
+
     def _background(self, fn: Callable[[], None]) -> bool:
         """Run ``fn`` on a worker (metadata refreshes); False if the client cannot."""
-        if self._state is not _State.OPEN:
-            return False
+        return self._spawn(fn) is not None
+
+    def _run_here(self, future: _Pending[T], fn: Callable[..., T], args: tuple[Any, ...]) -> None:
+        """``future.result()`` came before a worker started the call: the caller runs it. At
+        most ``3 * max_workers`` callers at once (the connection pool has room for them and the
+        workers); beyond that the call goes to a worker."""
         try:
-            self._executor.submit(fn)
-        except RuntimeError:
-            return False
-        return True
+            token = self._callers.pop()  # atomic: no lock, so no convoy of waiting callers
+        except IndexError:
+            future.hand_off()
+            return
+        try:
+            self._run(future, fn, args, self._spawn)
+        finally:
+            self._callers.append(token)
 
     def _run(
-        self, future: Future[T], fn: Callable[..., T], args: tuple[Any, ...], deadline: float
+        self,
+        future: _Pending[T],
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        spawn: Callable[[Callable[[], None]], Future[None] | None] | None,
     ) -> None:
-        if future.done():
-            return  # failed (deadline passed, client closed) while queued
+        future.here = future.elsewhere = None
+        if not future.claim.acquire(blocking=False) or future.done():
+            return  # run by another thread, or failed (deadline, close) while queued
         try:
             if not future.set_running_or_notify_cancel():
                 return  # cancelled by the caller while queued
         except RuntimeError:
-            return  # already failed (deadline passed or client closed) while queued
+            return  # failed (deadline passed, client closed) a moment ago
+        run = future.run = Running(future.deadline, spawn)
+        previous = running(run)
+        error: PersonalizeError | None = None
         try:
-            result = fn(*args, deadline)
+            result = fn(*args, future.deadline)
         except PersonalizeError as exc:
-            self._errors.fail(future, exc)
+            error = exc
         except BaseException as exc:  # never let a foreign exception out of a Future
             error = PersonalizeError(
                 f"unexpected {type(exc).__name__}: {exc}", code=ErrorCode.UNKNOWN
             )
             error.__cause__ = exc
-            self._errors.fail(future, error)
-        else:
+        finally:
+            running(previous)  # callbacks run outside the call
+        if error is None:
             _settle(future, result=result)
+        else:
+            self._errors.fail(future, error)
 
     # tracking ------------------------------------------------------------------------------
 
@@ -673,6 +825,7 @@ class MoEngagePersonalize:
         self._lock = threading.Lock()
         self._errors = _Errors(self._config.on_error)
         self._deadlines = _Deadlines(self._config.timeout, self._errors)
+        self._callers = [True] * (3 * self._config.max_workers)
         if self._owns_executor:
             self._executor = ThreadPoolExecutor(
                 max_workers=self._config.max_workers, thread_name_prefix="moengage-personalize"

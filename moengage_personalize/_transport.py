@@ -12,7 +12,10 @@ builds a :class:`requests.PreparedRequest` from ready parts and hands it to the 
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import contextlib
 import email.utils
+import functools
 import ipaddress
 import json
 import logging
@@ -145,6 +148,101 @@ class _Answer:
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+class Running:
+    """The call the current thread is running, so that it can be stopped at its deadline.
+
+    The facade sets it (:func:`running`) around each fetch it runs. :meth:`abort` (the deadline
+    thread calls it once the Future has failed) shuts down the socket the call is reading, so the
+    thread running it returns at once instead of when the socket timeout or a trickling answer
+    lets it. With ``spawn`` (set when the caller's own thread runs the call, in
+    ``Future.result()``), connections are opened on a worker instead: neither ``requests`` nor
+    ``urllib3`` can bound a DNS look-up, so the caller only waits for the connect until the
+    deadline.
+    """
+
+    __slots__ = ("_aborted", "_conn", "_lock", "deadline", "spawn")
+
+    def __init__(
+        self,
+        deadline: float,
+        spawn: Callable[[Callable[[], None]], concurrent.futures.Future[None] | None] | None,
+    ) -> None:
+        self.deadline = deadline
+        self.spawn = spawn
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._aborted = False
+
+    def attach(self, conn: Any) -> None:
+        """``conn`` is about to carry this call's request."""
+        with self._lock:
+            if self._aborted:
+                raise urllib3.exceptions.ReadTimeoutError(None, "", "the deadline passed")  # type: ignore[arg-type]
+            self._conn = conn
+
+    def detach(self) -> None:
+        """The exchange is over; the connection may go back to the pool."""
+        with self._lock:
+            self._conn = None
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted = True
+            sock = getattr(self._conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):  # socket.socket's: not SSLSocket's, which
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # drops its TLS state first
+
+
+_local = threading.local()
+
+
+def running(run: Running | None) -> Running | None:
+    """Make ``run`` the current thread's call; returns the one it replaces."""
+    previous: Running | None = getattr(_local, "run", None)
+    _local.run = run
+    return previous
+
+
+_GUARDED: dict[Any, type] = {}
+
+
+def _guarded(base: Any) -> type:
+    """A subclass of the urllib3 connection class ``base`` that reports to :class:`Running`."""
+    cls = _GUARDED.get(base)
+    if cls is not None:
+        return cls
+
+    def connect(self: Any) -> None:
+        run: Running | None = getattr(_local, "run", None)
+        if run is None or run.spawn is None:
+            base.connect(self)
+            return
+        task = run.spawn(functools.partial(base.connect, self))
+        if task is None:
+            raise urllib3.exceptions.ConnectTimeoutError(self, "the client is closing")
+        done, _ = concurrent.futures.wait([task], max(0.0, run.deadline - time.monotonic()))
+        if not done:  # whatever the connect opens later, nobody will use
+            task.add_done_callback(lambda _: self.close())
+            raise urllib3.exceptions.ConnectTimeoutError(
+                self, f"connecting to {self.host} did not finish before the deadline"
+            )
+        task.result()  # the connect's own error, if any, raised here
+
+    def request(self: Any, *args: Any, **kwargs: Any) -> Any:
+        run: Running | None = getattr(_local, "run", None)
+        if run is not None:
+            run.attach(self)
+        return base.request(self, *args, **kwargs)
+
+    cls = _GUARDED[base] = type(
+        f"Guarded{base.__name__}",
+        (base,),
+        {"connect": connect, "request": request, "__module__": __name__},
+    )
+    return cls
+
+
 class Transport:
     """Sends one logical request with retries within a deadline; returns the decoded JSON body.
 
@@ -170,7 +268,9 @@ class Transport:
         self._timeout = config.timeout
         self._max_bytes = config.max_response_bytes
         self._max_attempts = config.retry.max_attempts
-        self._pool_size = config.max_workers
+        # a connection per worker, per caller running its own call (at most 3 per worker, see
+        # MoEngagePersonalize._run_here) and for the event dispatcher: none is ever discarded
+        self._pool_size = 4 * config.max_workers + 1
         self._owns_session = session is None
         if session is None:
             session = self._new_session()
@@ -212,6 +312,12 @@ class Transport:
         self._retrying = _build_retrying(config.retry, config.sleep)
         self.requests = Counter()
         self.retries = Counter()
+
+    @property
+    def inline(self) -> bool:
+        """Whether a caller's thread may run a call itself: only through the connection pool of
+        a session this transport made, whose connections open on a worker (:class:`Running`)."""
+        return self._owns_session and self._http_adapter is not None
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
@@ -343,6 +449,8 @@ class Transport:
                 if not isinstance(resolved, urllib3.connectionpool.HTTPConnectionPool):
                     raise TypeError(f"unexpected connection pool {type(resolved).__name__}")
                 adapter.cert_verify(resolved, self.base_url, kw["verify"], kw["cert"])  # type: ignore[no-untyped-call]
+                if self._owns_session:  # a pool nobody else uses: its connections report
+                    resolved.ConnectionCls = _guarded(resolved.ConnectionCls)
                 current = self._pool = resolved
             return current
 
@@ -352,18 +460,24 @@ class Transport:
         body = call.body
         if body is not None:
             headers = {**headers, "Content-Length": str(len(body))}
-        response = self._connection_pool().urlopen(
-            call.method,
-            self._path_prefix + call.path,
-            body=body,
-            headers=headers,
-            retries=False,
-            redirect=False,
-            assert_same_host=False,
-            preload_content=False,
-            decode_content=False,
-            timeout=remaining,
-        )
+        run: Running | None = getattr(_local, "run", None)
+        try:
+            response = self._connection_pool().urlopen(
+                call.method,
+                self._path_prefix + call.path,
+                body=body,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
+                timeout=remaining,
+            )
+        except BaseException:
+            if run is not None:
+                run.detach()
+            raise
         try:
             headers = response.headers
             declared = self._check_declared(headers.get("Content-Length"), call)
@@ -378,8 +492,12 @@ class Transport:
                     lambda: response.read(_CHUNK, decode_content=True), call, expected
                 )
         except BaseException:
+            if run is not None:
+                run.detach()
             response.close()  # the connection is in an unknown state: do not reuse it
             raise
+        if run is not None:
+            run.detach()  # before the connection can serve another call
         response.release_conn()
         return _Answer(response.status, response.reason or "", response.headers, content)
 

@@ -169,6 +169,21 @@ def trickle(interval: float = 0.05, length: int = 100_000) -> Behaviour:
     return behave
 
 
+def trickle_headers(interval: float = 0.02, count: int = 100_000) -> Behaviour:
+    """A status line at once, then one header byte every ``interval`` seconds: each read gets
+    something, so only the deadline ends the call (until healed/stopped)."""
+
+    def behave(conn: Conn, _request: Request) -> bool:
+        if not conn.send(b"HTTP/1.1 200 OK\r\nX-Slow: "):
+            return False
+        for _ in range(count):
+            if not conn.pause(interval) or not conn.send(b"a"):
+                return False
+        return False
+
+    return behave
+
+
 def reset() -> Behaviour:
     """Read the request, then reset the connection without answering."""
 
@@ -515,8 +530,24 @@ def check_healthy(client: MoEngagePersonalize, endpoint: str) -> None:
         assert [c.experience_key for c in result.experiences] == [SERVED_KEY]
 
 
-def timed_failure(future: Future[Any], started: float) -> tuple[PersonalizeError, float]:
-    """The error a Future failed with, and how long after ``started`` it completed."""
+WAYS = ("result", "callback")  # how a test waits: the first runs the call on its own thread
+
+
+def timed_failure(
+    future: Future[Any], started: float, how: str = "result"
+) -> tuple[PersonalizeError, float]:
+    """The error a Future failed with, and how long after ``started`` it completed. ``result``
+    waits in ``result()``, so the calling thread runs the call itself; ``callback`` waits for a
+    done-callback, so a worker runs it."""
+    if how == "callback":
+        done = threading.Event()
+        ended: list[float] = []
+        future.add_done_callback(lambda _: (ended.append(time.monotonic()), done.set()))
+        assert done.wait(FUTURE_WAIT), "the Future never completed"
+        error = future.exception(0)
+        if isinstance(error, PersonalizeError):
+            return error, ended[0] - started
+        raise AssertionError(f"a PersonalizeError was expected, got {error!r}")
     try:
         future.result(FUTURE_WAIT)
     except PersonalizeError as exc:

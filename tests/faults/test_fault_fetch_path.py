@@ -20,6 +20,7 @@ from fault_servers import (
     MARGIN,
     META,
     TIMEOUT,
+    WAYS,
     Behaviour,
     FakeResolver,
     FaultServer,
@@ -43,6 +44,7 @@ from fault_servers import (
     threads_back_to,
     timed_failure,
     trickle,
+    trickle_headers,
     truncated,
     truncated_chunked,
 )
@@ -85,6 +87,14 @@ FAULTS = [
     Fault(
         "body_trickling",
         lambda: trickle(0.02),
+        ErrorCode.NETWORK_ERROR,
+        DeadlineExceededError,
+        1,
+        ("deadline",),
+    ),
+    Fault(
+        "headers_trickling",
+        trickle_headers,
         ErrorCode.NETWORK_ERROR,
         DeadlineExceededError,
         1,
@@ -166,16 +176,17 @@ def _fault_params(bug_raises: type[BaseException] | None = None) -> list[object]
     return params
 
 
+@pytest.mark.parametrize("how", WAYS)
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 @pytest.mark.parametrize("fault", _fault_params())
 def test_fault_fails_with_its_code_within_the_deadline(
-    fault: Fault, endpoint: str, server: FaultServer, short_sleeps: ShortSleeps
+    fault: Fault, endpoint: str, how: str, server: FaultServer, short_sleeps: ShortSleeps
 ) -> None:
     """The Future fails with the contract's code (and error class) no later than the deadline,
-    after the retries the policy allows."""
+    after the retries the policy allows, whether the waiting thread runs the call or a worker."""
     server.always(fault_path(endpoint), fault.behaviour())
     with make_client(server.base_url, short_sleeps) as client:
-        err, elapsed = timed_failure(call(client, endpoint), time.monotonic())
+        err, elapsed = timed_failure(call(client, endpoint), time.monotonic(), how)
         assert isinstance(err, fault.error), repr(err)
         assert err.code is fault.code
         assert any(word in err.message for word in fault.says), err.message

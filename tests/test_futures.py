@@ -1,0 +1,205 @@
+"""Where a fetch runs: on the thread that waits for it in ``result()``, or on a worker as soon as
+anything else waits for it (callbacks, ``wait``/``as_completed``, asyncio, a short timeout, the
+same thread's next fetch), or after a short grace period when nothing waits for it at all."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+import moengage_personalize._client as client_module
+from moengage_personalize import (
+    ExperienceCampaignsResult,
+    MoEngagePersonalize,
+    PersonalizeConfig,
+)
+
+from support import API_KEY, APP_ID, FUTURE_TIMEOUT, requests_to, served, wait_for
+
+FETCH = "/v1/experiences/fetch"
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A worker pool that counts the calls handed to it (not the other work it gets, such as
+    opening a connection for a caller that runs its own call)."""
+
+    def __init__(self) -> None:
+        super().__init__(2, thread_name_prefix="counted")
+        self.submitted = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if getattr(fn, "__name__", None) == "_run":
+            self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture
+def pool() -> Iterator[CountingExecutor]:
+    with CountingExecutor() as executor:
+        yield executor
+
+
+@pytest.fixture
+def counted(
+    with_meta: HTTPServer, base_url: str, pool: CountingExecutor
+) -> Iterator[MoEngagePersonalize]:
+    """A client on the counting pool whose metadata is loaded, answering homepage-banner."""
+    with_meta.expect_request(FETCH).respond_with_json(served("homepage-banner"))
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, executor=pool) as client:
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        pool.submitted = 0
+        yield client
+
+
+@pytest.fixture
+def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls nobody waits for are not started by the deadline thread within the test."""
+    monkeypatch.setattr(client_module, "_GRACE", 60.0)
+
+
+def fetch(client: MoEngagePersonalize) -> Future[ExperienceCampaignsResult]:
+    return client.fetch_experience("homepage-banner", user="u1")
+
+
+def test_result_runs_the_call_on_the_waiting_thread(
+    counted: MoEngagePersonalize, pool: CountingExecutor
+) -> None:
+    """fetch(...).result(): the caller's thread runs the call; no worker is handed it."""
+    future = fetch(counted)
+    result = future.result(FUTURE_TIMEOUT)
+    assert result.experiences[0].experience_key == "homepage-banner"
+    assert pool.submitted == 0
+    assert future.exception(0) is None
+
+
+@pytest.mark.usefixtures("no_grace")
+@pytest.mark.parametrize(
+    "wait",
+    [
+        pytest.param(lambda f: _callback_wait(f), id="add_done_callback"),
+        pytest.param(
+            lambda f: concurrent.futures.wait([f], FUTURE_TIMEOUT).done and f.result(0),
+            id="wait",
+        ),
+        pytest.param(
+            lambda f: next(concurrent.futures.as_completed([f], FUTURE_TIMEOUT)).result(0),
+            id="as_completed",
+        ),
+        pytest.param(lambda f: asyncio.run(_await(f)), id="asyncio.wrap_future"),
+    ],
+)
+def test_other_ways_of_waiting_start_the_call_on_a_worker_at_once(
+    counted: MoEngagePersonalize,
+    pool: CountingExecutor,
+    wait: Callable[[Future[ExperienceCampaignsResult]], Any],
+) -> None:
+    """Waiting without result() hands the call to a worker at once (the grace period is a
+    minute here, so only the waiting itself can have started it)."""
+    future = fetch(counted)
+    assert not future.done()
+    wait(future)
+    assert future.done()
+    assert future.result(0).experiences[0].experience_key == "homepage-banner"
+    assert pool.submitted == 1
+
+
+def _callback_wait(future: Future[Any]) -> None:
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    assert done.wait(FUTURE_TIMEOUT)
+
+
+async def _await(future: Future[Any]) -> Any:
+    return await asyncio.wait_for(asyncio.wrap_future(future), FUTURE_TIMEOUT)
+
+
+@pytest.mark.usefixtures("no_grace")
+def test_result_with_a_timeout_shorter_than_the_deadline_hands_the_call_to_a_worker(
+    counted: MoEngagePersonalize, pool: CountingExecutor
+) -> None:
+    """result(0.001) must return within its timeout, so it does not run the call itself."""
+    future = fetch(counted)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        future.result(0.000_001)
+    assert pool.submitted == 1
+    assert future.result(FUTURE_TIMEOUT).experiences
+
+
+def test_a_call_nobody_waits_for_still_runs(
+    with_meta: HTTPServer, base_url: str, pool: CountingExecutor
+) -> None:
+    """Fire and forget (warming the cache, say): a worker runs it after the grace period."""
+    with_meta.expect_request(FETCH).respond_with_json(served("homepage-banner"))
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, executor=pool) as client:
+        future = fetch(client)
+        assert wait_for(lambda: bool(requests_to(with_meta, FETCH)))
+        assert wait_for(future.done)
+        assert pool.submitted >= 1
+        assert future.result(0).experiences
+
+
+@pytest.mark.usefixtures("no_grace")
+def test_fan_out_runs_the_calls_side_by_side(
+    counted: MoEngagePersonalize, pool: CountingExecutor
+) -> None:
+    """Several fetches, then their results: each later fetch hands the earlier one to a worker
+    and the first result() hands over the last, so they do not run one after another."""
+    futures = [fetch(counted) for _ in range(3)]
+    assert pool.submitted == 2
+    results = [f.result(FUTURE_TIMEOUT) for f in futures]
+    assert pool.submitted == 3
+    assert all(r.experiences for r in results)
+
+
+def test_callers_beyond_the_limit_hand_their_call_to_a_worker(
+    counted: MoEngagePersonalize, pool: CountingExecutor
+) -> None:
+    """At most 3 x max_workers callers run their own call at once; the next one waits for a
+    worker instead (here no slot is left)."""
+    slots = counted._callers
+    taken = list(slots)
+    slots.clear()
+    try:
+        assert fetch(counted).result(FUTURE_TIMEOUT).experiences
+        assert pool.submitted == 1
+    finally:
+        slots.extend(taken)
+    assert fetch(counted).result(FUTURE_TIMEOUT).experiences
+    assert pool.submitted == 1
+
+
+def test_an_injected_session_keeps_calls_on_the_workers(
+    with_meta: HTTPServer, base_url: str, pool: CountingExecutor
+) -> None:
+    """With an injected requests.Session (its connections are the caller's, not guarded), every
+    call runs on a worker."""
+    import requests
+
+    with_meta.expect_request(FETCH).respond_with_json(served("homepage-banner"))
+    with (
+        requests.Session() as session,
+        MoEngagePersonalize(
+            APP_ID, api_key=API_KEY, base_url=base_url, executor=pool, session=session
+        ) as client,
+    ):
+        assert fetch(client).result(FUTURE_TIMEOUT).experiences
+        assert pool.submitted >= 1
+
+
+def test_connection_pool_has_room_for_workers_callers_and_the_dispatcher(
+    base_url: str,
+) -> None:
+    """No connection is ever discarded: the pool holds one per worker, per caller that may run
+    its own call (3 per worker) and one for the event dispatcher."""
+    config = PersonalizeConfig(max_workers=2)
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config) as client:
+        assert len(client._callers) == 6
+        adapter = client._transport._session.get_adapter(base_url)
+        assert adapter._pool_maxsize == 9  # type: ignore[attr-defined]
