@@ -260,7 +260,9 @@ class _Deadlines:
                 while not self._stopped:
                     self._wake_at = -math.inf
                     while inbox:
-                        heapq.heappush(heap, inbox.popleft())
+                        entry = inbox.popleft()
+                        if not entry[2].done():  # most calls end before the thread looks
+                            heapq.heappush(heap, entry)
                     now = time.monotonic()
                     while heap and (heap[0][0] <= now or heap[0][2].done()):
                         _, _, future, message = heapq.heappop(heap)

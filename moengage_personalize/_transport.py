@@ -208,7 +208,8 @@ _GUARDED: dict[Any, type] = {}
 
 
 def _guarded(base: Any) -> type:
-    """A subclass of the urllib3 connection class ``base`` that reports to :class:`Running`."""
+    """A subclass of the urllib3 connection class ``base`` that reports to :class:`Running` and
+    sends a small request in one piece."""
     cls = _GUARDED.get(base)
     if cls is not None:
         return cls
@@ -229,16 +230,44 @@ def _guarded(base: Any) -> type:
             )
         task.result()  # the connect's own error, if any, raised here
 
-    def request(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def request(self: Any, *args: Any, **kwargs: Any) -> None:
         run: Running | None = getattr(_local, "run", None)
         if run is not None:
             run.attach(self)
-        return base.request(self, *args, **kwargs)
+        self._held = b""  # hold the header block for the body (see send)
+        try:
+            base.request(self, *args, **kwargs)
+            if self._held:  # no body came
+                base.send(self, self._held)
+        finally:
+            self._held = None
+
+    def send(self: Any, data: Any) -> None:
+        """http.client sends the header block and the body separately: two system calls, two
+        TCP segments and two reads at the server. A small request goes out in one."""
+        held = self._held
+        if held is None or not isinstance(data, bytes):
+            base.send(self, data)
+        elif not held:
+            self._held = data
+        else:
+            self._held = None
+            if len(held) + len(data) <= _CHUNK:
+                base.send(self, held + data)
+            else:
+                base.send(self, held)
+                base.send(self, data)
 
     cls = _GUARDED[base] = type(
         f"Guarded{base.__name__}",
         (base,),
-        {"connect": connect, "request": request, "__module__": __name__},
+        {
+            "connect": connect,
+            "request": request,
+            "send": send,
+            "_held": None,
+            "__module__": __name__,
+        },
     )
     return cls
 
