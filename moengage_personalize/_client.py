@@ -627,6 +627,7 @@ class MoEngagePersonalize:
             error.__cause__ = exc
         finally:
             running(previous)  # callbacks run outside the call
+            future.run = None
         if error is None:
             _settle(future, result=result)
         else:

@@ -123,35 +123,39 @@ class EventStore:
         skipped (a retried request stores nothing twice)."""
         now = time.time()
         rows: list[tuple[Any, ...]] = []
-        encoded: dict[Any, str] = {}  # the same context, sent with many events, encoded once
+        contexts: dict[Any, tuple[Any, ...]] = {}  # the columns of each distinct context
         for element in elements:
             user_attributes = element.get("user_attributes")
+            tail = (
+                None if user_attributes is None else _dumps(user_attributes),
+                element.get("user_timezone_offset"),
+                request_id,
+                now,
+            )
+            customer_id = element["customer_id"]
             for action in element["actions"]:
                 attributes: Mapping[str, Any] = action["attributes"]
-                cid = str(attributes.get("cid", ""))
+                try:  # the same context comes with many events: its columns are made once
+                    key: Any = tuple(attributes.items())
+                    context = contexts.get(key)
+                except TypeError:  # a nested (unhashable) value
+                    key = context = None
+                if context is None:
+                    context = _context_columns(attributes, experience_key_for_cid)
+                    if key is not None:
+                        contexts[key] = context
                 platform = action.get("platform")
                 rows.append(
                     (
                         action["moe_event_uuid"],
                         action["action"],
-                        element["customer_id"],
+                        customer_id,
                         action.get("event_time"),
                         _PLATFORMS.get(platform.lower(), "Unknown")
                         if isinstance(platform, str)
                         else "Unknown",
-                        experience_key_for_cid(cid),
-                        _opt_str(attributes.get("experience")),
-                        cid,
-                        _opt_str(attributes.get("moe_variation_id")),
-                        _opt_str(attributes.get("audience_id")),
-                        _opt_str(attributes.get("audience_name")),
-                        _opt_str(attributes.get("dp_offering_id")),
-                        _opt_str(attributes.get("b_id")),
-                        _encode_memo(attributes, encoded),
-                        None if user_attributes is None else _dumps(user_attributes),
-                        element.get("user_timezone_offset"),
-                        request_id,
-                        now,
+                        *context,
+                        *tail,
                     )
                 )
         placeholders = ", ".join("?" for _ in _COLUMNS)
@@ -261,16 +265,22 @@ class EventStore:
             raise RuntimeError("the event store is closed")
 
 
-def _encode_memo(attributes: Mapping[str, Any], memo: dict[Any, str]) -> str:
-    """``attributes`` as JSON; identical flat string-valued objects are encoded once per batch."""
-    try:
-        key = tuple(attributes.items())
-        text = memo.get(key)
-    except TypeError:  # a nested (unhashable) value: encode it as it is
-        return _dumps(attributes)
-    if text is None:
-        text = memo[key] = _dumps(attributes)
-    return text
+def _context_columns(
+    attributes: Mapping[str, Any], experience_key_for_cid: Callable[[str], str | None]
+) -> tuple[Any, ...]:
+    """experience_key .. attributes: the columns an event's context decides."""
+    cid = str(attributes.get("cid", ""))
+    return (
+        experience_key_for_cid(cid),
+        _opt_str(attributes.get("experience")),
+        cid,
+        _opt_str(attributes.get("moe_variation_id")),
+        _opt_str(attributes.get("audience_id")),
+        _opt_str(attributes.get("audience_name")),
+        _opt_str(attributes.get("dp_offering_id")),
+        _opt_str(attributes.get("b_id")),
+        _dumps(attributes),
+    )
 
 
 def _opt_str(value: Any) -> str | None:
