@@ -871,6 +871,7 @@ _LIVE_CLIENTS: weakref.WeakSet[MoEngagePersonalize] = weakref.WeakSet()
 
 
 def _reinit_clients_in_child() -> None:
+    _threads.latest = None  # a call the parent had not started yet stays the parent's
     for client in list(_LIVE_CLIENTS):
         client._after_fork_in_child()
 
