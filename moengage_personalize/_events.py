@@ -375,9 +375,17 @@ class EventPipeline:
     # caller side -----------------------------------------------------------------------------
 
     def put(self, record: EventRecord) -> None:
-        """Queue one event (never blocks; a full queue drops it, counted and warned once)."""
+        """Queue one event (never blocks; a full queue drops it, counted and warned once).
+
+        ``event_queue_size`` bounds the events held in memory: those queued plus those taken
+        into requests not settled yet (while the service is down, up to three batches), so
+        memory stays within it through an outage of any length. With an outbox the events
+        taken are on disk, under the store's own limit."""
         queue = self._queue
-        if len(queue) >= self._maxsize:
+        held = len(queue)
+        if self._outbox is None:
+            held += self._taken - self._settled
+        if held >= self._maxsize:
             self.drop(DROP_QUEUE_FULL)
             return
         queue.append(record)

@@ -23,7 +23,7 @@ from moengage_personalize import (
     User,
 )
 
-from support import API_KEY, APP_ID, CONTEXT, Sleeps, wait_for
+from support import API_KEY, APP_ID, CONTEXT, SilentServer, Sleeps, wait_for
 
 EVENTS = "/v1/experiences/events"
 SHOWN = "MOE_PERSONALIZATION_MESSAGE_SHOWN"
@@ -357,6 +357,30 @@ def test_queue_full_drops_new_events_counted_and_warned_once(
         assert stats.events_queued == 5
         assert caplog.text.count("event queue is full") == 1
         assert client.flush(timeout=5).sent == 5
+
+
+def test_events_held_stay_within_the_queue_size_while_the_service_hangs(
+    silent_server: SilentServer, sleeps: Sleeps
+) -> None:
+    """event_queue_size bounds what is held in memory, queued or taken into requests that do
+    not settle: a service that never answers never makes the client hold more."""
+    config = PersonalizeConfig(sleep=sleeps, event_queue_size=50, event_flush_interval=0.01)
+    client = MoEngagePersonalize(
+        APP_ID, api_key=API_KEY, base_url=silent_server.base_url, config=config
+    )
+    try:
+        peak = 0
+        for i in range(400):
+            client.experience_shown(campaign())
+            if i % 50 == 49:  # the dispatcher takes a batch and hangs on it
+                assert wait_for(lambda: client.stats().events_queued >= 50, 2)
+                time.sleep(0.02)
+            peak = max(peak, client.stats().events_pending)
+        stats = client.stats()
+        assert peak <= 50
+        assert stats.events_dropped["queue_full"] == 400 - stats.events_queued
+    finally:
+        client.close(timeout=0.2)
 
 
 def test_close_delivers_everything(base_url: str, sleeps: Sleeps, recorder: Recorder) -> None:
