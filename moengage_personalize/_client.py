@@ -616,6 +616,7 @@ class MoEngagePersonalize:
         run = future.run = Running(future.deadline, spawn)
         previous = running(run)
         error: PersonalizeError | None = None
+        interrupt: BaseException | None = None
         try:
             result = fn(*args, future.deadline)
         except PersonalizeError as exc:
@@ -625,6 +626,8 @@ class MoEngagePersonalize:
                 f"unexpected {type(exc).__name__}: {exc}", code=ErrorCode.UNKNOWN
             )
             error.__cause__ = exc
+            if spawn is not None and not isinstance(exc, Exception):
+                interrupt = exc  # Ctrl-C or exit on the caller's thread: theirs to handle
         finally:
             running(previous)  # callbacks run outside the call
             future.run = None
@@ -632,6 +635,8 @@ class MoEngagePersonalize:
             _settle(future, result=result)
         else:
             self._errors.fail(future, error)
+        if interrupt is not None:
+            raise interrupt
 
     # tracking ------------------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ from pytest_httpserver import HTTPServer
 
 import moengage_personalize._client as client_module
 from moengage_personalize import (
+    ErrorCode,
     ExperienceCampaignsResult,
     MoEngagePersonalize,
     PersonalizeConfig,
+    PersonalizeError,
 )
 
 from support import API_KEY, APP_ID, FUTURE_TIMEOUT, requests_to, served, wait_for
@@ -203,3 +205,21 @@ def test_connection_pool_has_room_for_workers_callers_and_the_dispatcher(
         assert len(client._callers) == 6
         adapter = client._transport._session.get_adapter(base_url)
         assert adapter._pool_maxsize == 9  # type: ignore[attr-defined]
+
+
+def test_ctrl_c_while_the_caller_runs_its_call_reaches_the_caller(
+    counted: MoEngagePersonalize, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt inside a call run in result() is raised to the caller (not turned into
+    a PersonalizeError), and the Future still completes for anyone else waiting on it."""
+
+    def interrupted(*_args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(counted._core, "fetch", interrupted)
+    future = fetch(counted)
+    with pytest.raises(KeyboardInterrupt):
+        future.result(FUTURE_TIMEOUT)
+    error = future.exception(0)
+    assert isinstance(error, PersonalizeError)
+    assert error.code is ErrorCode.UNKNOWN
