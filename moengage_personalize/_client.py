@@ -822,6 +822,9 @@ class MoEngagePersonalize:
         wait_futures(pending, timeout=timeout)
         for future in pending:
             self._errors.fail(future, ClientClosedError("the client was closed while the call ran"))
+            run = getattr(future, "run", None)
+            if run is not None:  # free its thread: the deadline thread stops below
+                run.abort()
         self._deadlines.stop(timeout=max(0.0, end - time.monotonic()))
         self._transport.close()
 

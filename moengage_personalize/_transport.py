@@ -501,7 +501,10 @@ class Transport:
                 assert_same_host=False,
                 preload_content=False,
                 decode_content=False,
-                timeout=remaining,
+                # A fetch (run is set) is bounded by its deadline: the deadline thread shuts
+                # its socket down (Running.abort). Its reads and writes then need no socket
+                # timeout, which would cost a poll() and a GIL hand-off before each of them.
+                timeout=remaining if run is None else urllib3.Timeout(connect=remaining, read=None),
             )
         except BaseException:
             if run is not None:

@@ -22,7 +22,16 @@ from moengage_personalize import (
     SDKDisabledError,
 )
 
-from support import API_KEY, APP_ID, DEFAULT_META, FUTURE_TIMEOUT, requests_to, served
+from support import (
+    API_KEY,
+    APP_ID,
+    DEFAULT_META,
+    FUTURE_TIMEOUT,
+    SilentServer,
+    requests_to,
+    served,
+    wait_for,
+)
 
 META = "/v1/experiences/metadata"
 
@@ -156,6 +165,27 @@ def test_close_fails_queued_calls_and_bounds_running_ones(
             future.result(0)
     with pytest.raises(ClientClosedError, match="while the call ran"):
         running.result(0)
+
+
+def test_close_frees_the_thread_of_a_call_whose_answer_never_comes(
+    silent_server: SilentServer,
+) -> None:
+    """A fetch's socket waits without a timeout of its own (the deadline bounds it), so close()
+    shuts down the socket of a call still running when its timeout ends: the worker is freed
+    even though the call's own deadline (30 s here) is far away."""
+    config = PersonalizeConfig(max_workers=1, timeout=30)
+    client = MoEngagePersonalize(
+        APP_ID, api_key=API_KEY, base_url=silent_server.base_url, config=config
+    )
+    future = client.fetch_experiences_meta()
+    future.add_done_callback(lambda _f: None)  # runs on a worker
+    assert wait_for(lambda: bool(silent_server._conns))
+    start = time.monotonic()
+    client.close(timeout=0.2)
+    assert time.monotonic() - start < 2
+    with pytest.raises(ClientClosedError, match="while the call ran"):
+        future.result(0)
+    assert wait_for(lambda: not sdk_threads(), 3), [t.name for t in sdk_threads()]
 
 
 def test_close_waits_for_running_calls_to_finish(httpserver: HTTPServer, base_url: str) -> None:
