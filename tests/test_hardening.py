@@ -12,6 +12,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 import moengage_personalize
+import moengage_personalize._client as client_module
 from moengage_personalize import (
     CircuitBreakerPolicy,
     DataSource,
@@ -303,10 +304,14 @@ def test_client_errors_do_not_open_the_breaker(with_meta: HTTPServer, base_url: 
 
 
 def test_on_error_hook_sees_errors_and_its_exceptions_are_contained(
-    httpserver: HTTPServer, base_url: str, caplog: pytest.LogCaptureFixture
+    httpserver: HTTPServer,
+    base_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """config.on_error gets each error handed to a caller, on the thread where it surfaced; an
     exception inside the hook is logged and swallowed."""
+    monkeypatch.setattr(client_module, "_GRACE", 60.0)  # the call waits for exception() below
     seen: list[tuple[str, str]] = []
 
     def hook(error: PersonalizeError) -> None:
