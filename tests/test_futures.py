@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 import moengage_personalize._client as client_module
 from moengage_personalize import (
@@ -123,14 +125,25 @@ async def _await(future: Future[Any]) -> Any:
 
 
 def test_result_with_a_timeout_shorter_than_the_deadline_hands_the_call_to_a_worker(
-    counted: MoEngagePersonalize, pool: CountingExecutor
+    with_meta: HTTPServer, base_url: str, pool: CountingExecutor
 ) -> None:
-    """result(0.001) must return within its timeout, so it does not run the call itself."""
-    future = fetch(counted)
-    with pytest.raises(concurrent.futures.TimeoutError):
-        future.result(0.000_001)
-    assert pool.submitted == 1
-    assert future.result(FUTURE_TIMEOUT).experiences
+    """result(0.01) must return within its timeout, so it does not run the call itself."""
+    gate = threading.Event()
+
+    def held(_request: Request) -> Response:
+        gate.wait(FUTURE_TIMEOUT)
+        return Response(json.dumps(served("homepage-banner")), content_type="application/json")
+
+    with_meta.expect_request(FETCH).respond_with_handler(held)
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, executor=pool) as client:
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        pool.submitted = 0
+        future = fetch(client)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            future.result(0.01)
+        assert pool.submitted == 1
+        gate.set()
+        assert future.result(FUTURE_TIMEOUT).experiences
 
 
 def test_a_call_nobody_waits_for_still_runs(
