@@ -489,7 +489,8 @@ class Transport:
         body = call.body
         if body is not None:
             headers = {**headers, "Content-Length": str(len(body))}
-        run: Running | None = getattr(_local, "run", None)
+        # a fetch's socket, when the pool's connections report to it (see _guarded)
+        run: Running | None = getattr(_local, "run", None) if self._owns_session else None
         try:
             response = self._connection_pool().urlopen(
                 call.method,

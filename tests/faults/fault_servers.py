@@ -491,7 +491,9 @@ ENDPOINTS = ("metadata", "fetch", "metadata-via-fetch")
 EVENTS_THREAD = "moengage-personalize-events"
 
 
-def make_client(base_url: str, sleeps: ShortSleeps, **options: Any) -> MoEngagePersonalize:
+def make_client(
+    base_url: str, sleeps: ShortSleeps, session: Any = None, **options: Any
+) -> MoEngagePersonalize:
     """A client with a short deadline, one worker (a worker held by a fault shows at once as an
     unusable client), injected sleeps and a fast event flush."""
     settings: dict[str, Any] = {
@@ -502,7 +504,11 @@ def make_client(base_url: str, sleeps: ShortSleeps, **options: Any) -> MoEngageP
         **options,
     }
     return MoEngagePersonalize(
-        APP_ID, api_key=API_KEY, base_url=base_url, config=PersonalizeConfig(**settings)
+        APP_ID,
+        api_key=API_KEY,
+        base_url=base_url,
+        config=PersonalizeConfig(**settings),
+        session=session,
     )
 
 
