@@ -14,14 +14,17 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import email.parser
 import email.utils
 import functools
+import http.client
 import ipaddress
 import json
 import logging
 import math
 import platform
 import random
+import re
 import socket
 import threading
 import time
@@ -204,6 +207,123 @@ def running(run: Running | None) -> Running | None:
     return previous
 
 
+# a line the email package takes into the header block, as its feedparser does
+_HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
+
+
+def _parse_headers(fp: Any) -> http.client.HTTPMessage:
+    """``http.client.parse_headers`` without the email parser (a third of a fetch's own CPU):
+    the same lines read, limits and errors, and the same message: names, values (compat32:
+    folded lines kept, the end of line stripped) and order, lines the email parser skips skipped,
+    and from a line that is no header on, the rest left unparsed in the payload (urllib3 then
+    warns). A bare CR inside a line goes to the email parser itself, which splits lines there."""
+    raw: list[bytes] = []
+    while True:
+        line = fp.readline(_MAX_LINE + 1)
+        if len(line) > _MAX_LINE:
+            raise http.client.LineTooLong("header line")
+        raw.append(line)
+        if len(raw) > _MAX_HEADERS:
+            raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
+        if line in (b"\r\n", b"\n", b""):
+            break
+    if any(b"\r" in line.rstrip(b"\n").removesuffix(b"\r") for line in raw):
+        text = b"".join(raw).decode("iso-8859-1")
+        return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(text)
+    block: list[str] = []  # the header block, up to the first line that is no header
+    rest: list[str] | None = None  # from that line on, the payload
+    for line in raw[:-1]:
+        text = line.decode("iso-8859-1")
+        if rest is not None:
+            rest.append(text)
+        elif _HEADER_LINE.match(text):
+            block.append(text)
+        else:
+            rest = [text]
+    if rest is not None:
+        rest.append(raw[-1].decode("iso-8859-1"))
+    message = http.client.HTTPMessage()
+    fields: list[tuple[str, str]] = message._headers  # type: ignore[attr-defined]
+    current: list[str] | None = None  # the source lines of the field being read
+    for index, text in enumerate(block):
+        if text[0] in " \t":  # a folded line: continues the field, if there is one
+            if current is not None:
+                current.append(text)
+            continue
+        if current is not None:
+            fields.append(_field(current))
+            current = None
+        if text.startswith("From "):  # an envelope line: skipped, or body if it ends the block
+            if 0 < index == len(block) - 1:
+                rest = [text, *(rest or [])]
+            continue
+        if text[0] != ":":  # a field without a name is skipped
+            current = [text]
+    if current is not None:
+        fields.append(_field(current))
+    if rest is not None:
+        message.set_payload("".join(rest))
+    return message
+
+
+def _field(lines: list[str]) -> tuple[str, str]:
+    """compat32's header_source_parse."""
+    name, value = lines[0].split(":", 1)
+    return name, (value.lstrip(" \t") + "".join(lines[1:])).rstrip("\r\n")
+
+
+_MAX_LINE = 65536  # http.client's _MAXLINE and _MAXHEADERS
+_MAX_HEADERS = 100
+
+
+class _LeanResponse(http.client.HTTPResponse):
+    """http.client's response with :func:`_parse_headers`. ``begin`` is CPython's (identical in
+    3.10 to 3.13) but for that call."""
+
+    def begin(self) -> None:
+        if cast(Any, self).headers is not None:  # None until begun (typeshed says otherwise)
+            return
+        while True:  # read until a non-100 response
+            version, status, reason = self._read_status()  # type: ignore[attr-defined]
+            if status != http.client.CONTINUE:
+                break
+            _parse_headers(self.fp)  # the 100 response's headers, skipped
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = _parse_headers(self.fp)
+        tr_enc = self.headers.get("transfer-encoding")
+        if tr_enc and tr_enc.lower() == "chunked":
+            self.chunked = True
+            self.chunk_left = None
+        else:
+            self.chunked = False
+        self.will_close = self._check_close()  # type: ignore[attr-defined]
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            else:
+                if self.length < 0:
+                    self.length = None
+        if (
+            status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED)
+            or 100 <= status < 200
+            or self._method == "HEAD"  # type: ignore[attr-defined]
+        ):
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
+
+
 _GUARDED: dict[Any, type] = {}
 
 
@@ -265,6 +385,7 @@ def _guarded(base: Any) -> type:
             "connect": connect,
             "request": request,
             "send": send,
+            "response_class": _LeanResponse,
             "_held": None,
             "__module__": __name__,
         },

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import http.client
+import io
 import json
 
+import pytest
 import requests
 import requests.adapters
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from moengage_personalize import ErrorCode, MoEngagePersonalize, PersonalizeConfig, PersonalizeError
+from moengage_personalize._transport import _parse_headers
 
 from support import API_KEY, APP_ID, DEFAULT_META, FUTURE_TIMEOUT, requests_to
 
@@ -121,3 +125,56 @@ def test_injected_session_proxies_are_used(httpserver: HTTPServer) -> None:
         assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
     (req,) = requests_to(httpserver, META)
     assert req.headers["Host"] == "personalize.example.invalid"
+
+
+# response headers --------------------------------------------------------------------------------
+
+_HEADER_BLOCKS = {
+    "plain": b"Content-Type: application/json\r\nContent-Length: 12\r\n\r\n",
+    "bare_newlines": b"Content-Type: application/json\nX-A: 1\n\n",
+    "duplicates": b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Request-Id: r1\r\n\r\n",
+    "no_space_and_empty": b"X-A:1\r\nX-Empty:\r\nX-Spaces:   padded  \r\n\r\n",
+    "tabs": b"X-Tab:\tvalue\t\r\n\r\n",
+    "folded": b"X-Long: first\r\n  second\r\n\tthird\r\nX-Next: n\r\n\r\n",
+    "colon_in_value": b"Location: http://h:1/p?q=a:b\r\n\r\n",
+    "empty_name": b": nameless\r\nX-A: 1\r\n\r\n",
+    "malformed_line": b"X-A: 1\r\nNot a header line\r\nX-B: 2\r\n\r\n",
+    "space_in_name": b"X-A: 1\r\nBad Name: 2\r\nX-C: 3\r\n\r\n",
+    "latin1": "X-Name: caf\u00e9\r\n\r\n".encode("latin-1"),
+    "no_headers": b"\r\n",
+    "eof_without_blank_line": b"X-A: 1\r\n",
+    "first_line_folded": b" orphan\r\nX-A: 1\r\n\r\n",
+    "folded_after_nameless": b"X-A: 1\r\n: x\r\n cont\r\nX-B: 2\r\n\r\n",
+    "envelope_first": b"From someone\r\nX-A: 1\r\n\r\n",
+    "envelope_middle": b"X-A: 1\r\nFrom someone\r\nX-B: 2\r\n\r\n",
+    "envelope_last": b"X-A: 1\r\nFrom someone\r\n\r\n",
+    "envelope_last_then_junk": b"X-A: 1\r\nFrom someone\r\njunk\r\n\r\n",
+    "bare_cr_inside": b"X-A: 1\rX-B: 2\r\nX-C: 3\r\n\r\n",
+    "bare_cr_at_end": b"X-A: 1\r\nX-B: 2\r",
+    "other_separators": b"X-A: a\x0bb\x0cc\x1cd\x85e\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("block", list(_HEADER_BLOCKS.values()), ids=list(_HEADER_BLOCKS))
+def test_lean_header_parser_matches_http_client(block: bytes) -> None:
+    """The transport's header parser gives what http.client's (the email parser) gives: names,
+    values, order, and any line it cannot take left in the payload; it reads the same bytes."""
+    expected_fp, lean_fp = io.BytesIO(block + b"BODY"), io.BytesIO(block + b"BODY")
+    expected = http.client.parse_headers(expected_fp)
+    lean = _parse_headers(lean_fp)
+    assert lean.items() == expected.items()
+    assert (lean.get_payload() or "") == (expected.get_payload() or "")
+    assert lean_fp.read() == expected_fp.read()
+    assert lean.get("content-type") == expected.get("content-type")
+
+
+def test_lean_header_parser_keeps_http_clients_limits() -> None:
+    """Over 100 header lines or a line over 64 KiB: the errors http.client raises."""
+    too_many = b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n"
+    with pytest.raises(http.client.HTTPException, match="more than 100 headers"):
+        _parse_headers(io.BytesIO(too_many))
+    with pytest.raises(http.client.HTTPException, match="more than 100 headers"):
+        http.client.parse_headers(io.BytesIO(too_many))
+    too_long = b"X-A: " + b"a" * 70_000 + b"\r\n\r\n"
+    with pytest.raises(http.client.LineTooLong):
+        _parse_headers(io.BytesIO(too_long))
