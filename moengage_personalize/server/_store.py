@@ -2,8 +2,9 @@
 
 One connection guarded by a lock (so one store serves every request thread); a file database
 runs in WAL mode and every accepted request is one committed transaction, so nothing accepted is
-lost when the server stops and starts again on the same file. ``path=None`` keeps the events in
-memory for the life of the store.
+lost when the server stops and starts again on the same file. A thread of its own copies the WAL
+into the database (checkpoints) beside the writes, so no request waits for one. ``path=None``
+keeps the events in memory for the life of the store.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ _COLUMNS = (
     "received_at",
 )
 _PLATFORMS = {"web": "web", "android": "android", "ios": "ios", "tv": "tv"}
+_IDLE = 0.25  # seconds without a write before the WAL is checkpointed
+_UNCHECKPOINTED_MAX = 100_000  # events (~50 MB of WAL): then a checkpoint waits for the writer
 
 
 class EventStore:
@@ -91,7 +94,8 @@ class EventStore:
                 # server being stopped or killed; no fsync (an OS crash is not guarded against).
                 self._db.execute("PRAGMA synchronous=OFF")
                 self._db.execute("PRAGMA cache_size=-65536")
-                self._db.execute("PRAGMA wal_autocheckpoint=10000")
+                # checkpoints run on the store's own thread (_checkpoints), not in a commit
+                self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
             # De-duplication by moe_event_uuid is kept in memory (loaded from the file at start):
             # a unique index over random uuids makes every commit rewrite pages all over it.
@@ -100,16 +104,57 @@ class EventStore:
             self._db.close()
             raise
         self._closed = False
+        self._uncheckpointed = 0  # events written since the last complete checkpoint
+        self._last_write = 0.0
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if self.path is not None:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoints, name="personalize-store-checkpoints", daemon=True
+            )
+            self._checkpointer.start()
 
     def __repr__(self) -> str:
         return f"<EventStore {self.path or ':memory:'}>"
 
     def close(self) -> None:
         """Close the database (idempotent)."""
+        self._stop.set()
+        if self._checkpointer is not None and self._checkpointer is not threading.current_thread():
+            self._checkpointer.join(10)
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+
+    def _checkpoints(self) -> None:
+        """Copy the WAL into the database once writes pause (``_IDLE`` seconds without one),
+        without blocking the writer (PASSIVE), so a burst of events never shares the machine
+        with a checkpoint; if ``_UNCHECKPOINTED_MAX`` events pile up because writes never
+        pause, wait for the writer once and restart the WAL (RESTART), which bounds its size."""
+        assert self.path is not None
+        try:
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        except sqlite3.Error:
+            return  # the writer's commits still land in the WAL; the last close checkpoints
+        try:
+            while not self._stop.wait(_IDLE):
+                pending = self._uncheckpointed
+                if not pending:
+                    continue
+                idle = time.monotonic() - self._last_write >= _IDLE
+                if not idle and pending < _UNCHECKPOINTED_MAX:
+                    continue
+                mode = "PASSIVE" if idle else "RESTART"
+                try:
+                    busy, pages, copied = db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                except sqlite3.Error:
+                    continue  # busy or locked this time: the next round tries again
+                if not busy and copied == pages:
+                    with self._lock:
+                        self._uncheckpointed -= pending
+        finally:
+            db.close()
 
     def record(
         self,
@@ -177,6 +222,8 @@ class EventStore:
                 raise
             self._db.execute("COMMIT")
             seen |= batch
+            self._uncheckpointed += len(fresh)
+            self._last_write = time.monotonic()
         return len(fresh), len(rows) - len(fresh)
 
     def events(

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+import moengage_personalize.server._store as store_module
 from moengage_personalize.server import EventStore, PersonalizeServer
+
+from support import wait_for
 
 SUCCESS = "Your request has been accepted and will be processed soon."
 ACTIONS_ERROR = "elements - Validators Failed : Validator: Element, Errored Field: actions"
@@ -229,6 +233,68 @@ def test_a_file_store_runs_in_wal_mode(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
+
+
+def _elements(count: int, prefix: str) -> list[dict[str, Any]]:
+    attributes = {"cid": "c1", "experience": "E", "moe_locale_id": "0", "moe_variation_id": "1"}
+    attributes |= {"audience_name": "All", "audience_id": "1"}
+    actions = [
+        {"action": CLICK, "moe_event_uuid": f"{prefix}{i}", "attributes": attributes}
+        for i in range(count)
+    ]
+    return [{"customer_id": "u1", "actions": actions}]
+
+
+def _wal_frames_left(db: Path) -> int:
+    """WAL frames not yet copied into the database (0 once fully checkpointed)."""
+    with sqlite3.connect(db) as conn:
+        _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(NOOP)").fetchone()
+    conn.close()
+    return int(frames) - int(copied)
+
+
+def test_the_wal_is_checkpointed_once_writes_pause(tmp_path: Path) -> None:
+    """Writes never wait for a checkpoint: the store's own thread copies the WAL into the
+    database once writes pause."""
+    db = tmp_path / "ckpt.sqlite3"
+    store = EventStore(db)
+    try:
+        for n in range(20):
+            store.record(_elements(100, f"b{n}-"), f"r{n}")
+        assert wait_for(lambda: store._uncheckpointed == 0, 5)
+        assert _wal_frames_left(db) == 0
+        assert store.count() == 2000
+    finally:
+        store.close()
+
+
+def test_writes_that_never_pause_still_get_the_wal_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the limit of events not checkpointed, the checkpoint waits for the writer once and
+    restarts the WAL, so it stays bounded while writes go on."""
+    monkeypatch.setattr(store_module, "_UNCHECKPOINTED_MAX", 500)
+    monkeypatch.setattr(store_module, "_IDLE", 0.05)
+    db = tmp_path / "busy.sqlite3"
+    store = EventStore(db)
+    stop = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            store.record(_elements(50, f"w{n}-"), f"r{n}")
+            n += 1
+            time.sleep(0.01)  # never idle for 0.05 s
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert wait_for(lambda: store.count() > 3000, 10)
+        assert wait_for(lambda: store._uncheckpointed < 1500, 5)
+    finally:
+        stop.set()
+        writer.join(5)
+        store.close()
 
 
 def test_stats_count_impressions_clicks_and_ctr_per_variation(api: Any) -> None:
