@@ -123,7 +123,7 @@ class _Pending(Future[T]):
         self.claim = threading.Lock()  # taken by the one thread that runs the call
         self.here: Callable[[], None] | None = None  # runs the call on the calling thread
         self.elsewhere: Callable[[], None] | None = None  # hands it to a worker
-        self.run: Running | None = None  # the call in progress, for the deadline thread
+        self.run = Running(deadline)  # for the deadline thread: made before the call can start
         waiters = _Waiters()
         waiters.owner = weakref.ref(self)
         self._waiters = waiters
@@ -156,10 +156,18 @@ class _Pending(Future[T]):
         here = self.here
         if here is None:
             return
-        if timeout is not None and timeout < self.deadline - time.monotonic():
-            self.hand_off()  # the caller may stop waiting before the call would end
+        if (timeout is not None and timeout < self.deadline - time.monotonic()) or getattr(
+            _threads, "deadline_thread", False
+        ):
+            self.hand_off()  # the caller may stop waiting first, or must not be held
             return
         here()
+
+
+def _forget(future: Future[Any]) -> None:
+    """A call that will never run drops what would run it (they hold the client)."""
+    if isinstance(future, _Pending):
+        future.here = future.elsewhere = None
 
 
 class _Errors:
@@ -228,7 +236,7 @@ class _Deadlines:
         if self._wake_at > wake_by:
             with self._cond:
                 self._cond.notify()
-        return True
+        return not self._stopped  # stopped meanwhile: nobody will watch it
 
     def _start(self) -> None:
         with self._cond:
@@ -240,7 +248,12 @@ class _Deadlines:
 
     def pending(self) -> list[Future[Any]]:
         with self._cond:
-            entries = [*self._heap, *self._inbox]
+            entries = [*self._heap, *self._inbox.copy()]
+        return [item[2] for item in entries if item[3] is not None and not item[2].done()]
+
+    def orphans(self) -> list[Future[Any]]:
+        """In a forked child (one thread, so no lock): the calls still watched."""
+        entries = [*self._heap, *self._inbox.copy()]
         return [item[2] for item in entries if item[3] is not None and not item[2].done()]
 
     def stop(self, timeout: float) -> None:
@@ -252,6 +265,16 @@ class _Deadlines:
             thread.join(timeout)
 
     def _run(self) -> None:
+        _threads.deadline_thread = True  # a callback's result() here hands its call off
+        while True:
+            try:
+                if self._watch():
+                    return
+            except Exception:  # a bug here must not end every deadline: log it, go on
+                log.exception("moengage-personalize: the deadline thread failed; going on")
+
+    def _watch(self) -> bool:
+        """Process entries until the thread stops (True)."""
         expired: list[tuple[Future[Any], str | None]] = []
         heap = self._heap
         inbox = self._inbox
@@ -275,11 +298,17 @@ class _Deadlines:
                         continue
                     self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
                 if self._stopped:
-                    return
+                    return True
+            for future, what in expired:  # first free the threads still running them
+                if what is not None:
+                    run = getattr(future, "run", None)
+                    if run is not None:
+                        run.abort()
             for future, what in expired:  # callbacks run outside the lock
                 if what is None:
                     cast(_Pending[Any], future).hand_off()
                     continue
+                _forget(future)
                 self._errors.fail(
                     future,
                     DeadlineExceededError(
@@ -287,9 +316,6 @@ class _Deadlines:
                         "(config.timeout)"
                     ),
                 )
-                run = getattr(future, "run", None)
-                if run is not None:  # free the thread still running it
-                    run.abort()
             expired.clear()
 
 
@@ -563,7 +589,7 @@ class MoEngagePersonalize:
         self, future: _Pending[T], fn: Callable[..., T], args: tuple[Any, ...], what: str
     ) -> None:
         try:
-            self._executor.submit(self._run, future, fn, args, None)
+            self._executor.submit(self._run, future, fn, args, False)
         except RuntimeError as exc:  # executor shut down, or interpreter shutting down
             self._errors.fail(future, ClientClosedError(f"{what}: cannot run: {exc}"))
 
@@ -594,7 +620,7 @@ class MoEngagePersonalize:
             future.hand_off()
             return
         try:
-            self._run(future, fn, args, self._spawn)
+            self._run(future, fn, args, True)
         finally:
             self._callers.append(token)
 
@@ -603,7 +629,7 @@ class MoEngagePersonalize:
         future: _Pending[T],
         fn: Callable[..., T],
         args: tuple[Any, ...],
-        spawn: Callable[[Callable[[], None]], Future[None] | None] | None,
+        here: bool,
     ) -> None:
         future.here = future.elsewhere = None
         if not future.claim.acquire(blocking=False) or future.done():
@@ -613,7 +639,8 @@ class MoEngagePersonalize:
                 return  # cancelled by the caller while queued
         except RuntimeError:
             return  # failed (deadline passed, client closed) a moment ago
-        run = future.run = Running(future.deadline, spawn)
+        run = future.run
+        run.here = here
         previous = running(run)
         error: PersonalizeError | None = None
         interrupt: BaseException | None = None
@@ -626,11 +653,10 @@ class MoEngagePersonalize:
                 f"unexpected {type(exc).__name__}: {exc}", code=ErrorCode.UNKNOWN
             )
             error.__cause__ = exc
-            if spawn is not None and not isinstance(exc, Exception):
+            if here and not isinstance(exc, Exception):
                 interrupt = exc  # Ctrl-C or exit on the caller's thread: theirs to handle
         finally:
             running(previous)  # callbacks run outside the call
-            future.run = None
         if error is None:
             _settle(future, result=result)
         else:
@@ -816,15 +842,16 @@ class MoEngagePersonalize:
         pending = self._deadlines.pending()
         for future in pending:
             if not future.running():
+                _forget(future)
                 self._errors.fail(
                     future, ClientClosedError("the client was closed before the call ran")
                 )
         wait_futures(pending, timeout=timeout)
         for future in pending:
-            self._errors.fail(future, ClientClosedError("the client was closed while the call ran"))
             run = getattr(future, "run", None)
-            if run is not None:  # free its thread: the deadline thread stops below
-                run.abort()
+            if run is not None and not future.done():  # free its thread: the deadline
+                run.abort()  # thread stops below
+            self._errors.fail(future, ClientClosedError("the client was closed while the call ran"))
         self._deadlines.stop(timeout=max(0.0, end - time.monotonic()))
         self._transport.close()
 
@@ -833,10 +860,19 @@ class MoEngagePersonalize:
         and its locks and connections are the parent's."""
         if self._state is not _State.OPEN:
             return
+        parents = self._deadlines.orphans()
         self._lock = threading.Lock()
         self._errors = _Errors(self._config.on_error)
         self._deadlines = _Deadlines(self._config.timeout, self._errors)
         self._callers = [True] * (3 * self._config.max_workers)
+        for future in parents:  # the parent's calls are the parent's: fail them here
+            _forget(future)
+            lock = getattr(future, "_condition", None)
+            if lock is not None and lock.acquire(blocking=False):  # not held by a lost thread
+                lock.release()
+                self._errors.fail(
+                    future, ClientClosedError("the call was made before this process forked")
+                )
         if self._owns_executor:
             self._executor = ThreadPoolExecutor(
                 max_workers=self._config.max_workers, thread_name_prefix="moengage-personalize"

@@ -152,29 +152,29 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class Running:
-    """The call the current thread is running, so that it can be stopped at its deadline.
+    """A fetch in progress, so that it can be stopped at its deadline.
 
-    The facade sets it (:func:`running`) around each fetch it runs. :meth:`abort` (the deadline
-    thread calls it once the Future has failed) shuts down the socket the call is reading, so the
-    thread running it returns at once instead of when the socket timeout or a trickling answer
-    lets it. With ``spawn`` (set when the caller's own thread runs the call, in
-    ``Future.result()``), connections are opened on a worker instead: neither ``requests`` nor
-    ``urllib3`` can bound a DNS look-up, so the caller only waits for the connect until the
-    deadline.
+    The facade makes one per call before the call can start (so an abort always finds it) and
+    sets it as the running thread's call (:func:`running`). :meth:`abort` (the deadline thread, or
+    ``close()``) shuts down the socket the call is using, so the thread running it returns at
+    once, whatever the server does; a connection the call gave back to the pool is not its own
+    any more (the pool's ``_put_conn`` releases it). With ``here`` (the caller's own thread runs
+    the call, in ``Future.result()``), connections are opened on a thread of their own and waited
+    for only until the deadline: neither ``requests`` nor ``urllib3`` can bound a DNS look-up.
     """
 
-    __slots__ = ("_aborted", "_conn", "_lock", "deadline", "spawn")
+    __slots__ = ("_aborted", "_conn", "_lock", "deadline", "here")
 
-    def __init__(
-        self,
-        deadline: float,
-        spawn: Callable[[Callable[[], None]], concurrent.futures.Future[None] | None] | None,
-    ) -> None:
+    def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.spawn = spawn
+        self.here = False
         self._lock = threading.Lock()
         self._conn: Any = None
         self._aborted = False
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
 
     def attach(self, conn: Any) -> None:
         """``conn`` is about to carry this call's request."""
@@ -182,19 +182,64 @@ class Running:
             if self._aborted:
                 raise urllib3.exceptions.ReadTimeoutError(None, "", "the deadline passed")  # type: ignore[arg-type]
             self._conn = conn
+            conn._personalize_run = self
+
+    def release(self, conn: Any) -> None:
+        """``conn`` goes back to the pool (or is dropped): no longer this call's."""
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+            if getattr(conn, "_personalize_run", None) is self:
+                conn._personalize_run = None
 
     def detach(self) -> None:
-        """The exchange is over; the connection may go back to the pool."""
+        """The exchange is over (or failed): its connection, if any, is no longer this call's."""
         with self._lock:
-            self._conn = None
+            conn, self._conn = self._conn, None
+            if conn is not None and getattr(conn, "_personalize_run", None) is self:
+                conn._personalize_run = None
 
     def abort(self) -> None:
         with self._lock:
             self._aborted = True
             sock = getattr(self._conn, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):  # socket.socket's: not SSLSocket's, which
+            if sock is None:
+                return
+            with contextlib.suppress(Exception):
+                if isinstance(sock, socket.socket):  # socket.socket's own: an SSLSocket's
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)  # drops its TLS state first
+                else:  # another TLS wrapper (urllib3.contrib): its own shutdown
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def _connect_apart(connect: Callable[[], None]) -> concurrent.futures.Future[None]:
+    """Run ``connect`` on a thread of its own (never on the client's workers: they may all be
+    waiting for the caller this connect is for)."""
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            connect()
+        except BaseException as exc:  # handed to the waiting caller
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    threading.Thread(target=run, name="moengage-personalize-connect", daemon=True).start()
+    return done
+
+
+def _releasing(put_conn: Callable[..., Any]) -> Callable[..., Any]:
+    """A pool's ``_put_conn`` that first releases the connection from the call that used it
+    (urllib3 gives a connection back as soon as its body is read, before the call ends)."""
+
+    def put(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        run = getattr(conn, "_personalize_run", None)
+        if run is not None:
+            run.release(conn)
+        return put_conn(conn, *args, **kwargs)
+
+    return put
 
 
 _local = threading.local()
@@ -336,19 +381,20 @@ def _guarded(base: Any) -> type:
 
     def connect(self: Any) -> None:
         run: Running | None = getattr(_local, "run", None)
-        if run is None or run.spawn is None:
+        if run is None or not run.here:
             base.connect(self)
-            return
-        task = run.spawn(functools.partial(base.connect, self))
-        if task is None:
-            raise urllib3.exceptions.ConnectTimeoutError(self, "the client is closing")
-        done, _ = concurrent.futures.wait([task], max(0.0, run.deadline - time.monotonic()))
-        if not done:  # whatever the connect opens later, nobody will use
-            task.add_done_callback(lambda _: self.close())
-            raise urllib3.exceptions.ConnectTimeoutError(
-                self, f"connecting to {self.host} did not finish before the deadline"
-            )
-        task.result()  # the connect's own error, if any, raised here
+        else:
+            task = _connect_apart(functools.partial(base.connect, self))
+            done, _ = concurrent.futures.wait([task], max(0.0, run.deadline - time.monotonic()))
+            if not done:  # whatever the connect opens later, nobody will use
+                task.add_done_callback(lambda _: self.close())
+                raise urllib3.exceptions.ConnectTimeoutError(
+                    self, f"connecting to {self.host} did not finish before the deadline"
+                )
+            task.result()  # the connect's own error, if any, raised here
+        if run is not None and run.aborted:  # the deadline passed while it connected
+            self.close()
+            raise urllib3.exceptions.ConnectTimeoutError(self, "the deadline passed")
 
     def request(self: Any, *args: Any, **kwargs: Any) -> None:
         run: Running | None = getattr(_local, "run", None)
@@ -601,6 +647,7 @@ class Transport:
                 adapter.cert_verify(resolved, self.base_url, kw["verify"], kw["cert"])  # type: ignore[no-untyped-call]
                 if self._owns_session:  # a pool nobody else uses: its connections report
                     resolved.ConnectionCls = _guarded(resolved.ConnectionCls)
+                    resolved._put_conn = _releasing(resolved._put_conn)  # type: ignore[method-assign]
                 current = self._pool = resolved
             return current
 
@@ -628,9 +675,11 @@ class Transport:
                 # timeout, which would cost a poll() and a GIL hand-off before each of them.
                 timeout=remaining if run is None else urllib3.Timeout(connect=remaining, read=None),
             )
-        except BaseException:
+        except BaseException as exc:
             if run is not None:
                 run.detach()
+                if run.aborted and isinstance(exc, Exception):  # its socket was shut for it
+                    raise self._deadline_error(call) from exc
             raise
         try:
             headers = response.headers
@@ -645,10 +694,12 @@ class Transport:
                 content = self._read_body(
                     lambda: response.read(_CHUNK, decode_content=True), call, expected
                 )
-        except BaseException:
+        except BaseException as exc:
             if run is not None:
                 run.detach()
             response.close()  # the connection is in an unknown state: do not reuse it
+            if run is not None and run.aborted and isinstance(exc, Exception):
+                raise self._deadline_error(call) from exc
             raise
         if run is not None:
             run.detach()  # before the connection can serve another call

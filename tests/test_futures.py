@@ -235,3 +235,55 @@ def test_ctrl_c_while_the_caller_runs_its_call_reaches_the_caller(
     error = future.exception(0)
     assert isinstance(error, PersonalizeError)
     assert error.code is ErrorCode.UNKNOWN
+
+
+def test_a_caller_running_its_call_connects_even_when_every_worker_is_busy(
+    with_meta: HTTPServer, base_url: str
+) -> None:
+    """The caller's connect runs on a thread of its own, never queued behind the workers (which
+    may all be waiting for this very caller)."""
+    with_meta.expect_request(FETCH).respond_with_json(served("homepage-banner"))
+    gate = threading.Event()
+    config = PersonalizeConfig(max_workers=1, timeout=2)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(gate.wait, FUTURE_TIMEOUT)  # the only worker is busy
+        client = MoEngagePersonalize(
+            APP_ID, api_key=API_KEY, base_url=base_url, executor=pool, config=config
+        )
+        try:
+            result = client.fetch_experience("homepage-banner", user="u1").result(FUTURE_TIMEOUT)
+            assert result.experiences[0].experience_key == "homepage-banner"
+        finally:
+            gate.set()
+            client.close()
+
+
+def test_a_callback_waiting_on_the_deadline_thread_does_not_run_a_call_there(
+    counted: MoEngagePersonalize, pool: CountingExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A done-callback run by the deadline thread (a call's deadline passed) that waits for
+    another call hands that call to a worker instead of running it on the deadline thread."""
+    ran_on: list[str] = []
+    original = counted._core.fetch
+
+    def recording(*args: Any) -> Any:
+        ran_on.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(counted._core, "fetch", recording)
+    other = fetch(counted)
+    expired = client_module._Pending[Any](0.0)  # a Future whose deadline has passed
+    assert counted._deadlines.add(0.0, expired, "a test call")
+    got: list[Any] = []
+    done = threading.Event()
+
+    def callback(_f: Any) -> None:
+        got.append(other.result(FUTURE_TIMEOUT))
+        done.set()
+
+    expired.add_done_callback(callback)
+    assert done.wait(FUTURE_TIMEOUT)
+    assert got[0].experiences
+    assert ran_on
+    assert not ran_on[0].endswith("deadline")
+    assert pool.submitted == 1

@@ -6,15 +6,19 @@ import gzip
 import http.client
 import io
 import json
+import socket
+import time
+import types
 
 import pytest
 import requests
 import requests.adapters
+import urllib3.exceptions
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from moengage_personalize import ErrorCode, MoEngagePersonalize, PersonalizeConfig, PersonalizeError
-from moengage_personalize._transport import _parse_headers
+from moengage_personalize._transport import Running, _parse_headers, _releasing, running
 
 from support import API_KEY, APP_ID, DEFAULT_META, FUTURE_TIMEOUT, requests_to
 
@@ -178,3 +182,69 @@ def test_lean_header_parser_keeps_http_clients_limits() -> None:
     too_long = b"X-A: " + b"a" * 70_000 + b"\r\n\r\n"
     with pytest.raises(http.client.LineTooLong):
         _parse_headers(io.BytesIO(too_long))
+
+
+# running calls and their sockets -----------------------------------------------------------------
+
+
+def test_a_connection_given_back_to_the_pool_is_no_longer_the_calls() -> None:
+    """urllib3 gives a connection back as soon as its body is read; from then on aborting the
+    call that used it must not touch it (another call may be using it)."""
+    left, right = socket.socketpair()
+    try:
+        conn = types.SimpleNamespace(sock=left)
+        run = Running(time.monotonic() + 5)
+        run.attach(conn)
+        put: list[object] = []
+        _releasing(put.append)(conn)
+        assert put == [conn]
+        run.abort()
+        left.sendall(b"still open")
+        assert right.recv(64) == b"still open"
+    finally:
+        left.close()
+        right.close()
+
+
+def test_aborting_a_call_shuts_its_socket_and_never_raises() -> None:
+    """abort() shuts the socket the call is using; a socket of another kind is shut its own way,
+    and nothing it raises escapes (the deadline thread calls it)."""
+    left, right = socket.socketpair()
+    try:
+        run = Running(time.monotonic() + 5)
+        run.attach(types.SimpleNamespace(sock=left))
+        run.abort()
+        assert right.recv(64) == b""  # the peer sees the shutdown
+        assert run.aborted
+    finally:
+        left.close()
+        right.close()
+
+    class Odd:
+        def shutdown(self, how: int) -> None:
+            raise TypeError("not a socket")
+
+    other = Running(time.monotonic() + 5)
+    other.attach(types.SimpleNamespace(sock=Odd()))
+    other.abort()  # no exception
+
+
+def test_a_connect_that_ends_after_the_deadline_passed_is_not_used(
+    with_meta: HTTPServer, base_url: str
+) -> None:
+    """A call aborted while its connection was being opened does not go on to read from it."""
+    client = MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url)
+    try:
+        pool = client._transport._connection_pool()
+        conn = pool._new_conn()
+        run = Running(time.monotonic() + 5)
+        run.abort()
+        previous = running(run)
+        try:
+            with pytest.raises(urllib3.exceptions.ConnectTimeoutError):
+                conn.connect()
+        finally:
+            running(previous)
+        assert conn.sock is None
+    finally:
+        client.close()
