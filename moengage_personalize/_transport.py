@@ -512,7 +512,7 @@ class Transport:
     @property
     def inline(self) -> bool:
         """Whether a caller's thread may run a call itself: only through the connection pool of
-        a session this transport made, whose connections open on a worker (:class:`Running`)."""
+        a session this transport made, whose connections report to :class:`Running`."""
         return self._owns_session and self._http_adapter is not None
 
     def _new_session(self) -> requests.Session:
