@@ -187,6 +187,8 @@ class _WSGIHandler(http.server.BaseHTTPRequestHandler):
             return
         if not self.parse_request():
             return
+        if self.request_version == "HTTP/0.9":  # its answer has no length: the end is the close
+            self.close_connection = True  # (the stdlib keeps it open on Connection: keep-alive)
         try:
             self._run_wsgi()
         except (ConnectionError, TimeoutError, OSError) as exc:

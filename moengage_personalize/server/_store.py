@@ -71,6 +71,16 @@ _COLUMNS = (
     "received_at",
 )
 _PLATFORMS = {"web": "web", "android": "android", "ios": "ios", "tv": "tv"}
+# context keys with a column of the same name (see _context_columns)
+_ATTRIBUTE_COLUMNS = (
+    "experience",
+    "cid",
+    "moe_variation_id",
+    "audience_id",
+    "audience_name",
+    "dp_offering_id",
+    "b_id",
+)
 _IDLE = 0.25  # seconds without a write before the WAL is checkpointed
 _UNCHECKPOINTED_MAX = 100_000  # events (~50 MB of WAL): then a checkpoint waits for the writer
 
@@ -256,7 +266,7 @@ class EventStore:
         out: list[dict[str, Any]] = []
         for row in reversed(rows):
             event = dict(zip(_COLUMNS, row, strict=True))
-            event["attributes"] = json.loads(event["attributes"])
+            event["attributes"] = _attributes(event)
             if event["user_attributes"] is not None:
                 event["user_attributes"] = json.loads(event["user_attributes"])
             out.append(event)
@@ -315,8 +325,15 @@ class EventStore:
 def _context_columns(
     attributes: Mapping[str, Any], experience_key_for_cid: Callable[[str], str | None]
 ) -> tuple[Any, ...]:
-    """experience_key .. attributes: the columns an event's context decides."""
+    """experience_key .. attributes: the columns an event's context decides. The ``attributes``
+    column keeps only what the other columns do not already hold as it came (a non-empty str),
+    about a third of the bytes each event writes; :func:`_attributes` puts the context back."""
     cid = str(attributes.get("cid", ""))
+    rest = {
+        name: value
+        for name, value in attributes.items()
+        if name not in _ATTRIBUTE_COLUMNS or not isinstance(value, str) or not value
+    }
     return (
         experience_key_for_cid(cid),
         _opt_str(attributes.get("experience")),
@@ -326,8 +343,16 @@ def _context_columns(
         _opt_str(attributes.get("audience_name")),
         _opt_str(attributes.get("dp_offering_id")),
         _opt_str(attributes.get("b_id")),
-        _dumps(attributes),
+        _dumps(rest),
     )
+
+
+def _attributes(event: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's whole context: the columns that hold part of it, then the stored rest (a
+    row written before the rest was stored apart holds the whole context there)."""
+    context = {name: event[name] for name in _ATTRIBUTE_COLUMNS if event[name]}
+    context.update(json.loads(event["attributes"]))
+    return context
 
 
 def _opt_str(value: Any) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -251,6 +252,51 @@ def _wal_frames_left(db: Path) -> int:
         _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(NOOP)").fetchone()
     conn.close()
     return int(frames) - int(copied)
+
+
+_CONTEXTS = [
+    {"cid": "c1", "experience": "E", "moe_locale_id": "0", "moe_variation_id": "1"},
+    {"cid": "c1", "experience": "E", "moe_variation_id": 2, "b_id": None, "audience_id": ""},
+    {"experience": "", "dp_offering_id": "o1", "rank": "1", "nested": {"a": [1, True]}},
+    {"b_id": "Add to Cart", "cid": "c2", "audience_name": "Gold", "audience_id": "3G"},
+    {},
+]
+
+
+@pytest.mark.parametrize("context", _CONTEXTS)
+def test_an_events_context_comes_back_exactly_as_it_was_sent(
+    tmp_path: Path, context: dict[str, Any]
+) -> None:
+    """The context is stored partly in columns and partly as JSON; what events() gives back is
+    the context sent, whatever its values' types (absent, empty, null, numbers, nested)."""
+    store = EventStore(tmp_path / "ctx.sqlite3")
+    try:
+        elements = [{"customer_id": "u1", "actions": [{"action": CLICK, "moe_event_uuid": "e1"}]}]
+        elements[0]["actions"][0]["attributes"] = context  # type: ignore[index]
+        store.record(elements, "r1")
+        assert store.events()[0]["attributes"] == context
+    finally:
+        store.close()
+
+
+def test_rows_stored_with_the_whole_context_still_read_back(tmp_path: Path) -> None:
+    """A file written before the context was split keeps reading the same."""
+    db = tmp_path / "old.sqlite3"
+    EventStore(db).close()
+    context = {"cid": "c1", "experience": "E", "moe_variation_id": "1", "moe_locale_id": "0"}
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO events (moe_event_uuid, action, customer_id, platform, cid, experience,"
+            " moe_variation_id, attributes, request_id, received_at)"
+            " VALUES ('old1', ?, 'u1', 'web', 'c1', 'E', '1', ?, 'r0', 0)",
+            (CLICK, json.dumps(context)),
+        )
+    conn.close()
+    store = EventStore(db)
+    try:
+        assert store.events()[0]["attributes"] == context
+    finally:
+        store.close()
 
 
 def test_the_wal_is_checkpointed_once_writes_pause(tmp_path: Path) -> None:
