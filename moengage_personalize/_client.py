@@ -247,12 +247,13 @@ class _Deadlines:
                 self._thread.start()
 
     def pending(self) -> list[Future[Any]]:
+        """The calls still watched."""
         with self._cond:
-            entries = [*self._heap, *self._inbox.copy()]
-        return [item[2] for item in entries if item[3] is not None and not item[2].done()]
+            return self.orphans()
 
     def orphans(self) -> list[Future[Any]]:
-        """In a forked child (one thread, so no lock): the calls still watched."""
+        """:meth:`pending` without the lock: for a forked child, where a thread of the parent
+        may have held it."""
         entries = [*self._heap, *self._inbox.copy()]
         return [item[2] for item in entries if item[3] is not None and not item[2].done()]
 

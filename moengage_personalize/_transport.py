@@ -193,11 +193,9 @@ class Running:
                 conn._personalize_run = None
 
     def detach(self) -> None:
-        """The exchange is over (or failed): its connection, if any, is no longer this call's."""
-        with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None and getattr(conn, "_personalize_run", None) is self:
-                conn._personalize_run = None
+        """The exchange is over (or failed): its connection, if any, is no longer this call's
+        (only this call's thread attaches, so ``_conn`` cannot change meanwhile)."""
+        self.release(self._conn)
 
     def abort(self) -> None:
         with self._lock:
@@ -676,10 +674,7 @@ class Transport:
                 timeout=remaining if run is None else urllib3.Timeout(connect=remaining, read=None),
             )
         except BaseException as exc:
-            if run is not None:
-                run.detach()
-                if run.aborted and isinstance(exc, Exception):  # its socket was shut for it
-                    raise self._deadline_error(call) from exc
+            self._failed(run, exc, call)
             raise
         try:
             headers = response.headers
@@ -695,16 +690,22 @@ class Transport:
                     lambda: response.read(_CHUNK, decode_content=True), call, expected
                 )
         except BaseException as exc:
-            if run is not None:
-                run.detach()
             response.close()  # the connection is in an unknown state: do not reuse it
-            if run is not None and run.aborted and isinstance(exc, Exception):
-                raise self._deadline_error(call) from exc
+            self._failed(run, exc, call)
             raise
         if run is not None:
             run.detach()  # before the connection can serve another call
         response.release_conn()
         return _Answer(response.status, response.reason or "", response.headers, content)
+
+    def _failed(self, run: Running | None, exc: BaseException, call: _Call) -> None:
+        """After a failed exchange: the connection is no longer the call's; an error caused by
+        the deadline shutting the socket down is the deadline's."""
+        if run is None:
+            return
+        run.detach()
+        if run.aborted and isinstance(exc, Exception):
+            raise self._deadline_error(call) from exc
 
     def _read_body(
         self, read: Callable[[], bytes], call: _Call, expected: int | None = None

@@ -155,33 +155,29 @@ def slow_headers(delay: float, then: Behaviour) -> Behaviour:
     return behave
 
 
-def trickle(interval: float = 0.05, length: int = 100_000) -> Behaviour:
-    """Headers at once, then one body byte every ``interval`` seconds (until healed/stopped)."""
+def _drip(start: bytes, drop: bytes, interval: float, count: int) -> Behaviour:
+    """``start`` at once, then ``drop`` every ``interval`` seconds, ``count`` times (until
+    healed/stopped): each read gets something, so only the deadline ends the call."""
 
     def behave(conn: Conn, _request: Request) -> bool:
-        if not conn.send(head(200, None, length)):
+        if not conn.send(start):
             return False
-        for _ in range(length):
-            if not conn.pause(interval) or not conn.send(b" "):
+        for _ in range(count):
+            if not conn.pause(interval) or not conn.send(drop):
                 return False
         return False
 
     return behave
+
+
+def trickle(interval: float = 0.05, length: int = 100_000) -> Behaviour:
+    """Headers at once, then one body byte every ``interval`` seconds."""
+    return _drip(head(200, None, length), b" ", interval, length)
 
 
 def trickle_headers(interval: float = 0.02, count: int = 100_000) -> Behaviour:
-    """A status line at once, then one header byte every ``interval`` seconds: each read gets
-    something, so only the deadline ends the call (until healed/stopped)."""
-
-    def behave(conn: Conn, _request: Request) -> bool:
-        if not conn.send(b"HTTP/1.1 200 OK\r\nX-Slow: "):
-            return False
-        for _ in range(count):
-            if not conn.pause(interval) or not conn.send(b"a"):
-                return False
-        return False
-
-    return behave
+    """A status line at once, then one header byte every ``interval`` seconds."""
+    return _drip(b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a", interval, count)
 
 
 def reset() -> Behaviour:
