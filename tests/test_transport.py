@@ -6,18 +6,30 @@ import gzip
 import http.client
 import io
 import json
+import math
+import pathlib
 import socket
+import ssl
+import threading
 import time
 import types
 
 import pytest
 import requests
 import requests.adapters
+import trustme
 import urllib3.exceptions
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from moengage_personalize import ErrorCode, MoEngagePersonalize, PersonalizeConfig, PersonalizeError
+from moengage_personalize import (
+    ErrorCode,
+    MoEngagePersonalize,
+    PersonalizeConfig,
+    PersonalizeError,
+    RetryPolicy,
+    _transport,
+)
 from moengage_personalize._transport import Running, _parse_headers, _releasing, running
 
 from support import API_KEY, APP_ID, DEFAULT_META, FUTURE_TIMEOUT, requests_to
@@ -248,3 +260,145 @@ def test_a_connect_that_ends_after_the_deadline_passed_is_not_used(
         assert conn.sock is None
     finally:
         client.close()
+
+
+# connection reuse without a liveness check -------------------------------------------------------
+
+
+class MetaServer:
+    """Answers ``GET`` with DEFAULT_META, keeping each connection open (``close``: closing it
+    after its first answer, keep-alive announced all the same, as a server does whose idle
+    timeout is shorter than the client's reuse, or that is restarting). TLS with ``context``."""
+
+    def __init__(self, *, close: bool = False, context: ssl.SSLContext | None = None) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.close_after_answer = close
+        self.context = context
+        self.accepted = 0
+        self.answered = 0
+        self.closed = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.context else 'http'}://127.0.0.1:{self.port}/v1"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        body = json.dumps(DEFAULT_META).encode()
+        answer = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        try:
+            conn.settimeout(5)
+            if self.context is not None:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            data = b""
+            while not self._stop.is_set():
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                data = data.split(b"\r\n\r\n", 1)[1]
+                self.answered += 1  # before the answer: the client may be done right after it
+                conn.sendall(answer)
+                if self.close_after_answer:
+                    return
+        except OSError:
+            return
+        finally:
+            conn.close()
+            self.closed.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("fresh", [60.0, 0.0], ids=["reused-unchecked", "checked"])
+def test_a_pooled_connection_the_server_closed_is_replaced_at_once(
+    monkeypatch: pytest.MonkeyPatch, fresh: float
+) -> None:
+    """A connection given back moments ago is reused without a poll(); when the server has
+    closed it meanwhile, the request goes out again at once on a new connection: no error, no
+    retry, no backoff (retries are even switched off here). One idle longer is checked first."""
+    monkeypatch.setattr(_transport._Reuse, "fresh", fresh)
+    monkeypatch.setattr(_transport._Reuse, "suspect_since", -math.inf)
+    resent: list[bool] = []
+    check = _transport.Transport._closed_while_pooled
+
+    def spy(exc: BaseException, run: Running | None, call: object) -> bool:
+        resent.append(check(exc, run, call))  # type: ignore[arg-type]
+        return resent[-1]
+
+    monkeypatch.setattr(_transport.Transport, "_closed_while_pooled", staticmethod(spy))
+    server = MetaServer(close=True)
+    config = PersonalizeConfig(retry=RetryPolicy(max_attempts=1))
+    try:
+        with MoEngagePersonalize(
+            APP_ID, api_key=API_KEY, base_url=server.base_url, config=config
+        ) as client:
+            transport = client._transport
+            for _ in range(3):
+                server.closed.clear()
+                deadline = time.monotonic() + FUTURE_TIMEOUT
+                answer = transport.request("GET", "/experiences/metadata", None, deadline, what="m")
+                assert answer == DEFAULT_META
+                assert server.closed.wait(FUTURE_TIMEOUT)
+            assert server.accepted == 3
+            assert transport.retries.value == 0
+            assert resent == ([True, True] if fresh else [])
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_pooled_sockets_skip_unchanged_timeouts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, tls: bool
+) -> None:
+    """The pooled connection's socket (TLS too: a local CA trusted through REQUESTS_CA_BUNDLE,
+    as an app would) is the lean one: calls go through and reuse it, and its timeout still
+    changes when asked."""
+    context = None
+    if tls:
+        ca = trustme.CA()
+        bundle = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(bundle))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    server = MetaServer(context=context)
+    try:
+        assert server.base_url.startswith("https://" if tls else "http://")
+        with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=server.base_url) as client:
+            transport = client._transport
+            for _ in range(3):
+                deadline = time.monotonic() + FUTURE_TIMEOUT
+                assert transport.request("GET", "/experiences/metadata", None, deadline, what="m")
+            (conn,) = [c for c in transport._connection_pool().pool.queue if c is not None]
+            lean = _transport._LeanSSLSocket if tls else _transport._LeanSocket
+            assert type(conn.sock) is lean
+            sock = conn.sock
+            for value in (None, 1.5, 1.5, None, 2):
+                sock.settimeout(value)
+                assert sock.gettimeout() == value
+            assert client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences is not None
+            assert conn.sock is sock  # one connection all along
+        assert (server.accepted, server.answered) == (1, 4)
+    finally:
+        server.close()
