@@ -196,6 +196,9 @@ class PersonalizeApp:
             maxlen=decision_log_size
         )
         self._decisions_lock = threading.Lock()
+        # Events requests are decoded, checked and stored one at a time, in arrival order: two
+        # of them sharing the interpreter would both end late (see _dispatch).
+        self._ingest_lock = threading.Lock()
         self._user = definitions.workspace_id.encode("utf-8")
         self._key = definitions.api_key.encode("utf-8")
 
@@ -316,10 +319,11 @@ class PersonalizeApp:
         self._authenticate(environ)
         if path == "/v1/experiences/metadata":
             return 200, self._metadata(query)
-        body = self._json_body(environ)
         if path == "/v1/experiences/fetch":
-            return 200, self._fetch(body, request_id)
-        return 200, self._events(body, request_id)
+            return 200, self._fetch(self._json_body(environ), request_id)
+        data = self._read_body(environ)
+        with self._ingest_lock:
+            return 200, self._events(self._decode(data), request_id)
 
     # checks --------------------------------------------------------------------------------
 
@@ -342,7 +346,10 @@ class PersonalizeApp:
             )
 
     def _json_body(self, environ: WSGIEnviron) -> Any:
-        data = self._read_body(environ)
+        return self._decode(self._read_body(environ))
+
+    @staticmethod
+    def _decode(data: bytes) -> Any:
         try:
             text = data.decode("utf-8")
             document = json.loads(text, parse_constant=_refuse_constant)

@@ -26,7 +26,7 @@ CLICKED = "MOE_PERSONALIZATION_MESSAGE_CLICKED"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     moe_event_uuid TEXT NOT NULL,
     action TEXT NOT NULL,
     customer_id TEXT NOT NULL,
@@ -48,7 +48,9 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 # No secondary index: ingest speed matters more here than stats queries, which scan (a local
-# server's event table stays small enough for that).
+# server's event table stays small enough for that). Rows are never deleted, so ``seq`` (the
+# rowid) grows in arrival order without AUTOINCREMENT's bookkeeping (~0.5 us per event; files
+# made before keep their AUTOINCREMENT, which orders the same).
 
 _COLUMNS = (
     "moe_event_uuid",

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+import moengage_personalize.server._app as server_app
 import moengage_personalize.server._store as store_module
 from moengage_personalize.server import EventStore, PersonalizeServer
 
@@ -417,3 +418,39 @@ def test_concurrent_event_posts_are_all_stored(server: PersonalizeServer, api: A
     for thread in threads:
         thread.join(10)
     assert server.store.count() == 50
+
+
+def test_events_requests_are_taken_in_one_at_a_time(
+    server: PersonalizeServer, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent events requests are decoded, checked and stored one after another (the first
+    in ends first, instead of all sharing the interpreter and ending together); none is lost."""
+    active = 0
+    most = 0
+    guard = threading.Lock()
+    problem = server_app._events_problem
+
+    def watched(body: Any) -> Any:
+        nonlocal active, most
+        with guard:
+            active += 1
+            most = max(most, active)
+        try:
+            time.sleep(0.01)  # long enough for the other threads' requests to be in
+            return problem(body)
+        finally:
+            with guard:
+                active -= 1
+
+    monkeypatch.setattr(server_app, "_events_problem", watched)
+
+    def post(n: int) -> None:
+        _post(server, {"elements": [api.element(*[api.action(f"o{n}-{i}") for i in range(5)])]})
+
+    threads = [threading.Thread(target=post, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert server.store.count() == 30
+    assert most == 1
