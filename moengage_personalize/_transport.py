@@ -64,6 +64,10 @@ USER_AGENT = (
 )
 _REQUEST_ID_HEADERS = ("x-request-id", "x-moe-request-id", "x-amzn-requestid", "request-id")
 _CHUNK = 64 * 1024
+# A request up to this size goes out in one send: copying the body once costs less than a
+# second system call, which releases the GIL (a whole switch interval, 5 ms, to get it back
+# while another thread computes).
+_ONE_SEND = 1024 * 1024
 
 
 class _Reuse:
@@ -409,7 +413,7 @@ _GUARDED: dict[Any, type] = {}
 
 def _guarded(base: Any) -> type:
     """A subclass of the urllib3 connection class ``base`` that reports to :class:`Running` and
-    sends a small request in one piece."""
+    sends a request in one piece."""
     cls = _GUARDED.get(base)
     if cls is not None:
         return cls
@@ -465,7 +469,8 @@ def _guarded(base: Any) -> type:
 
     def send(self: Any, data: Any) -> None:
         """http.client sends the header block and the body separately: two system calls, two
-        TCP segments and two reads at the server. A small request goes out in one."""
+        TCP segments and two reads at the server. A request up to ``_ONE_SEND`` (every fetch,
+        every events request) goes out in one."""
         held = self._held
         if held is None or not isinstance(data, bytes):
             base.send(self, data)
@@ -473,7 +478,7 @@ def _guarded(base: Any) -> type:
             self._held = data
         else:
             self._held = None
-            if len(held) + len(data) <= _CHUNK:
+            if len(held) + len(data) <= _ONE_SEND:
                 base.send(self, held + data)
             else:
                 base.send(self, held)

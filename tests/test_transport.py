@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 import types
+from typing import Any
 
 import pytest
 import requests
@@ -402,3 +403,33 @@ def test_pooled_sockets_skip_unchanged_timeouts(
         assert (server.accepted, server.answered) == (1, 4)
     finally:
         server.close()
+
+
+class _CountingSocket(_transport._LeanSocket):
+    __slots__ = ()
+    sent: list[int] = []  # noqa: RUF012 - the test reads it
+
+    def sendall(self, data: Any, *args: Any) -> None:
+        type(self).sent.append(len(data))
+        super().sendall(data, *args)
+
+
+@pytest.mark.parametrize("size", [100, 300_000])
+def test_a_request_goes_out_in_one_send(
+    httpserver: HTTPServer, base_url: str, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """The header block and the body leave in one system call, for a fetch's small body and
+    for an events request of a few hundred KiB alike (each call releases the GIL)."""
+    monkeypatch.setattr(_CountingSocket, "sent", [])
+    monkeypatch.setitem(_transport._LEAN, socket.socket, _CountingSocket)
+    httpserver.expect_request("/v1/experiences/events", method="POST").respond_with_json({})
+    body = b'{"elements":["' + b"x" * size + b'"]}'
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url) as client:
+        deadline = time.monotonic() + FUTURE_TIMEOUT
+        client._transport.send_once(
+            "POST", "/experiences/events", body, deadline, what="events", budget=FUTURE_TIMEOUT
+        )
+    (request,) = requests_to(httpserver, "/v1/experiences/events")
+    assert request.data == body
+    (sent,) = _CountingSocket.sent
+    assert sent > len(body)  # the header block with it
