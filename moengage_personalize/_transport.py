@@ -70,15 +70,6 @@ _CHUNK = 64 * 1024
 _ONE_SEND = 1024 * 1024
 
 
-class _Reuse:
-    """When a pooled connection is taken as still open without a poll() (see ``_guarded``):
-    given back less than ``fresh`` seconds ago, and after ``suspect_since`` (the last time a
-    server was seen to have closed one)."""
-
-    fresh = 1.0
-    suspect_since = -math.inf
-
-
 def base_url_for(data_center: object, base_url: object, *, allow_insecure_http: bool) -> str:
     """The API prefix (ending in ``/v1``) for ``data_center``, or the validated ``base_url``."""
     if base_url is None:
@@ -242,7 +233,7 @@ class _LeanSocket(_SameTimeout, socket.socket):
 
 
 class _LeanSSLSocket(_SameTimeout, ssl.SSLSocket):
-    pass
+    __slots__ = ()
 
 
 # the exact classes re-classed (same layout): other wrappers (urllib3.contrib) are left alone
@@ -271,11 +262,9 @@ def _releasing(put_conn: Callable[..., Any]) -> Callable[..., Any]:
     (urllib3 gives a connection back as soon as its body is read, before the call ends)."""
 
     def put(conn: Any, *args: Any, **kwargs: Any) -> Any:
-        if conn is not None:
-            run = getattr(conn, "_personalize_run", None)
-            if run is not None:
-                run.release(conn)
-            conn._released_at = time.monotonic()
+        run = getattr(conn, "_personalize_run", None)
+        if run is not None:
+            run.release(conn)
         return put_conn(conn, *args, **kwargs)
 
     return put
@@ -438,23 +427,8 @@ def _guarded(base: Any) -> type:
             self.close()
             raise urllib3.exceptions.ConnectTimeoutError(self, "the deadline passed")
 
-    @property  # type: ignore[misc]
-    def is_connected(self: Any) -> bool:
-        """urllib3 asks before it reuses a pooled connection; its answer is a poll(), a system
-        call that releases the GIL. A connection given back moments ago (``_Reuse``) is taken
-        as open without it: if the server has closed it meanwhile, the exchange fails
-        before any answer and is sent again at once on another connection (_exchange_direct)."""
-        released = self._released_at
-        self._unprobed = (
-            self.sock is not None
-            and released > _Reuse.suspect_since
-            and time.monotonic() - released < _Reuse.fresh
-        )
-        return self._unprobed or bool(base.is_connected.fget(self))
-
     def request(self: Any, *args: Any, **kwargs: Any) -> None:
         run: Running | None = getattr(_local, "run", None)
-        _local.unprobed, self._unprobed = self._unprobed, False
         if run is not None:
             run.attach(self)
             if self.sock is not None:  # the deadline's abort bounds the send too (see read=None)
@@ -492,10 +466,7 @@ def _guarded(base: Any) -> type:
             "request": request,
             "send": send,
             "response_class": _LeanResponse,
-            "is_connected": is_connected,
             "_held": None,
-            "_released_at": -math.inf,
-            "_unprobed": False,
             "__module__": __name__,
         },
     )
@@ -722,35 +693,25 @@ class Transport:
             headers = {**headers, "Content-Length": str(len(body))}
         # a fetch's socket, when the pool's connections report to it (see _guarded)
         run: Running | None = getattr(_local, "run", None) if self._owns_session else None
-        resend = True
-        while True:
-            _local.unprobed = False
-            try:
-                response = self._connection_pool().urlopen(
-                    call.method,
-                    self._path_prefix + call.path,
-                    body=body,
-                    headers=headers,
-                    retries=False,
-                    redirect=False,
-                    assert_same_host=False,
-                    preload_content=False,
-                    decode_content=False,
-                    # A fetch (run is set) is bounded by its deadline: the deadline thread shuts
-                    # its socket down (Running.abort). Its reads and writes then need no socket
-                    # timeout, which would cost a poll() and a GIL hand-off before each of them.
-                    timeout=remaining
-                    if run is None
-                    else urllib3.Timeout(connect=remaining, read=None),
-                )
-            except BaseException as exc:
-                if resend and self._closed_while_pooled(exc, run, call):
-                    resend = False  # once, on another connection (this one is discarded)
-                    remaining = call.deadline - time.monotonic()
-                    continue
-                self._failed(run, exc, call)
-                raise
-            break
+        try:
+            response = self._connection_pool().urlopen(
+                call.method,
+                self._path_prefix + call.path,
+                body=body,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
+                # A fetch (run is set) is bounded by its deadline: the deadline thread shuts
+                # its socket down (Running.abort). Its reads and writes then need no socket
+                # timeout, which would cost a poll() and a GIL hand-off before each of them.
+                timeout=remaining if run is None else urllib3.Timeout(connect=remaining, read=None),
+            )
+        except BaseException as exc:
+            self._failed(run, exc, call)
+            raise
         try:
             headers = response.headers
             declared = self._check_declared(headers.get("Content-Length"), call)
@@ -772,23 +733,6 @@ class Transport:
             run.detach()  # before the connection can serve another call
         response.release_conn()
         return _Answer(response.status, response.reason or "", response.headers, content)
-
-    @staticmethod
-    def _closed_while_pooled(exc: BaseException, run: Running | None, call: _Call) -> bool:
-        """Whether the exchange failed only because the server had closed the pooled connection
-        it went out on, which was reused without a check (see ``_guarded``'s ``is_connected``).
-        No answer began. Every connection given back before now is checked from now on: the
-        server may have closed them all (a restart)."""
-        if not (
-            getattr(_local, "unprobed", False)
-            and isinstance(exc, Exception)
-            and not (run is not None and run.aborted)
-            and call.deadline > time.monotonic()
-            and _caused_by(exc, (http.client.RemoteDisconnected, ConnectionError))
-        ):
-            return False
-        _Reuse.suspect_since = time.monotonic()
-        return True
 
     def _failed(self, run: Running | None, exc: BaseException, call: _Call) -> None:
         """After a failed exchange: the connection is no longer the call's; an error caused by
@@ -907,9 +851,7 @@ class Transport:
         )
 
 
-def _caused_by(
-    exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]
-) -> bool:
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:

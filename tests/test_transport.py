@@ -6,10 +6,10 @@ import gzip
 import http.client
 import io
 import json
-import math
 import pathlib
 import socket
 import ssl
+import struct
 import threading
 import time
 import types
@@ -267,19 +267,21 @@ def test_a_connect_that_ends_after_the_deadline_passed_is_not_used(
 
 
 class MetaServer:
-    """Answers ``GET`` with DEFAULT_META, keeping each connection open (``close``: closing it
-    after its first answer, keep-alive announced all the same, as a server does whose idle
-    timeout is shorter than the client's reuse, or that is restarting). TLS with ``context``."""
+    """Answers ``GET`` with DEFAULT_META, keeping each connection open. ``end``: after its
+    first answer (keep-alive announced all the same), each connection waits for :meth:`end_idle`
+    to ``"close"`` or ``"reset"`` it, as a server does whose idle timeout is short, or that
+    restarts. TLS with ``context``."""
 
-    def __init__(self, *, close: bool = False, context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, end: str | None = None, context: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
-        self.close_after_answer = close
+        self.end = end
         self.context = context
         self.accepted = 0
         self.answered = 0
         self.closed = threading.Event()
+        self._end_now = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -317,7 +319,11 @@ class MetaServer:
                 data = data.split(b"\r\n\r\n", 1)[1]
                 self.answered += 1  # before the answer: the client may be done right after it
                 conn.sendall(answer)
-                if self.close_after_answer:
+                if self.end:
+                    self._end_now.wait(5)  # the answer is read by then (a reset drops it)
+                    if self.end == "reset":
+                        linger = struct.pack("ii", 1, 0)
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
                     return
         except OSError:
             return
@@ -325,30 +331,30 @@ class MetaServer:
             conn.close()
             self.closed.set()
 
+    def end_idle(self) -> None:
+        """End the connection that answered (see ``end``); back once it is closed."""
+        self._end_now.set()
+        assert self.closed.wait(5)
+        self.closed.clear()
+        self._end_now.clear()
+
     def close(self) -> None:
         self._stop.set()
+        self._end_now.set()
         self._thread.join(2)
         self.sock.close()
 
 
-@pytest.mark.parametrize("fresh", [60.0, 0.0], ids=["reused-unchecked", "checked"])
-def test_a_pooled_connection_the_server_closed_is_replaced_at_once(
-    monkeypatch: pytest.MonkeyPatch, fresh: float
+@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_pooled_connection_the_server_ended_is_replaced_before_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, tls: bool, how: str
 ) -> None:
-    """A connection given back moments ago is reused without a poll(); when the server has
-    closed it meanwhile, the request goes out again at once on a new connection: no error, no
-    retry, no backoff (retries are even switched off here). One idle longer is checked first."""
-    monkeypatch.setattr(_transport._Reuse, "fresh", fresh)
-    monkeypatch.setattr(_transport._Reuse, "suspect_since", -math.inf)
-    resent: list[bool] = []
-    check = _transport.Transport._closed_while_pooled
-
-    def spy(exc: BaseException, run: Running | None, call: object) -> bool:
-        resent.append(check(exc, run, call))  # type: ignore[arg-type]
-        return resent[-1]
-
-    monkeypatch.setattr(_transport.Transport, "_closed_while_pooled", staticmethod(spy))
-    server = MetaServer(close=True)
+    """A kept-alive connection the server closed or reset while it sat in the pool is found
+    out before a request goes out on it: each call opens a new one, with no error and no
+    retry (retries are even switched off), and the server sees each request once."""
+    context = _trusted_tls(monkeypatch, tmp_path) if tls else None
+    server = MetaServer(end=how, context=context)
     config = PersonalizeConfig(retry=RetryPolicy(max_attempts=1))
     try:
         with MoEngagePersonalize(
@@ -356,16 +362,26 @@ def test_a_pooled_connection_the_server_closed_is_replaced_at_once(
         ) as client:
             transport = client._transport
             for _ in range(3):
-                server.closed.clear()
                 deadline = time.monotonic() + FUTURE_TIMEOUT
                 answer = transport.request("GET", "/experiences/metadata", None, deadline, what="m")
                 assert answer == DEFAULT_META
-                assert server.closed.wait(FUTURE_TIMEOUT)
-            assert server.accepted == 3
+                server.end_idle()
+            assert (server.accepted, server.answered) == (3, 3)
             assert transport.retries.value == 0
-            assert resent == ([True, True] if fresh else [])
     finally:
         server.close()
+
+
+def _trusted_tls(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> ssl.SSLContext:
+    """A server context with a certificate from a local CA the client trusts (through
+    REQUESTS_CA_BUNDLE, as an app would)."""
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    return context
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
@@ -375,14 +391,7 @@ def test_pooled_sockets_skip_unchanged_timeouts(
     """The pooled connection's socket (TLS too: a local CA trusted through REQUESTS_CA_BUNDLE,
     as an app would) is the lean one: calls go through and reuse it, and its timeout still
     changes when asked."""
-    context = None
-    if tls:
-        ca = trustme.CA()
-        bundle = tmp_path / "ca.pem"
-        ca.cert_pem.write_to_path(str(bundle))
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ca.issue_cert("127.0.0.1").configure_cert(context)
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    context = _trusted_tls(monkeypatch, tmp_path) if tls else None
     server = MetaServer(context=context)
     try:
         assert server.base_url.startswith("https://" if tls else "http://")
