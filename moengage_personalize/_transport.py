@@ -719,11 +719,11 @@ class Transport:
             read1 = getattr(response, "read1", None)  # urllib3 >= 2.3: one recv at most
             if read1 is not None:
                 content = self._read_body(
-                    lambda: read1(_CHUNK, decode_content=True), call, expected
+                    lambda n: read1(n, decode_content=True), call, expected
                 )
             else:
                 content = self._read_body(
-                    lambda: response.read(_CHUNK, decode_content=True), call, expected
+                    lambda n: response.read(n, decode_content=True), call, expected
                 )
         except BaseException as exc:
             response.close()  # the connection is in an unknown state: do not reuse it
@@ -744,17 +744,18 @@ class Transport:
             raise self._deadline_error(call) from exc
 
     def _read_body(
-        self, read: Callable[[], bytes], call: _Call, expected: int | None = None
+        self, read: Callable[[int], bytes], call: _Call, expected: int | None = None
     ) -> bytes:
         """The whole body, never more than ``max_response_bytes`` (decoded), and never past the
         call's deadline: a body that trickles in frees the worker (the socket timeout alone
-        bounds each read, not their sum)."""
+        bounds each read, not their sum). ``read(n)`` reads at most ``n`` bytes: no more than
+        the declared length still missing, so a small answer never allocates a 64 KiB buffer."""
         chunks: list[bytes] = []
         total = 0
         while True:
             if time.monotonic() >= call.deadline:
                 raise self._deadline_error(call)
-            chunk = read()
+            chunk = read(_CHUNK if expected is None else min(_CHUNK, expected - total))
             if not chunk:
                 break
             total += len(chunk)
@@ -780,10 +781,10 @@ class Transport:
             self._check_declared(response.headers.get("Content-Length"), call)
             read1 = getattr(response.raw, "read1", None)
             if read1 is not None:
-                content = self._read_body(lambda: read1(_CHUNK, decode_content=True), call)
+                content = self._read_body(lambda n: read1(n, decode_content=True), call)
             else:  # another adapter's raw stream
                 chunks = response.iter_content(_CHUNK)
-                content = self._read_body(lambda: next(chunks, b""), call)
+                content = self._read_body(lambda _n: next(chunks, b""), call)
         finally:
             response.close()
         return _Answer(response.status_code, response.reason or "", response.headers, content)
