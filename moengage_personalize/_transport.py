@@ -718,9 +718,7 @@ class Transport:
             expected = None if "Content-Encoding" in headers else declared
             read1 = getattr(response, "read1", None)  # urllib3 >= 2.3: one recv at most
             if read1 is not None:
-                content = self._read_body(
-                    lambda n: read1(n, decode_content=True), call, expected
-                )
+                content = self._read_body(lambda n: read1(n, decode_content=True), call, expected)
             else:
                 content = self._read_body(
                     lambda n: response.read(n, decode_content=True), call, expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 from typing import Any
@@ -569,3 +570,28 @@ def test_an_http_0_9_request_is_answered_then_closed_even_asking_keep_alive(api:
     the standard library kept it open on ``Connection: keep-alive``)."""
     raw = api.raw(b"GET /\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
     assert b"No such endpoint" in raw  # then the server closed: raw() returned
+
+
+def test_an_answer_leaves_in_one_send(
+    server: PersonalizeServer, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header block and the body go out together: one send, one TCP segment, one read at
+    the client (two sends cost the client a second read). Large answers may take more."""
+    sends: list[int] = []
+
+    def counted(original: Any) -> Any:
+        def send(self: socket.socket, data: Any, *args: Any) -> Any:
+            if self.getsockname()[1] == server.port:  # the server's end of a connection
+                sends.append(len(data))
+            return original(self, data, *args)
+
+        return send
+
+    monkeypatch.setattr(socket.socket, "send", counted(socket.socket.send))
+    monkeypatch.setattr(socket.socket, "sendall", counted(socket.socket.sendall))
+    answer = api.fetch({"customer_id": "u1", "experience_keys": ["homepage-banner"]})
+    assert answer.status_code in (200, 400)
+    assert len(sends) == 1
+    assert sends[0] > len(answer.content)  # the headers with the body
+    assert api.meta().status_code == 200
+    assert len(sends) == 2
