@@ -293,6 +293,7 @@ class FaultServer:
             collections.deque
         )
         self.log: list[Request] = []
+        self._unread: dict[str, int] = {}  # path -> body size from which the body is not read
         self._conns: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._acceptor: threading.Thread | None = None
@@ -322,6 +323,13 @@ class FaultServer:
         """Answer the next requests on ``path`` with ``behaviours``, one each, then the default."""
         with self._lock:
             self._scripts[path].extend(behaviours)
+
+    def stop_reading(self, path: str, *, over: int) -> None:
+        """A request on ``path`` with a body of more than ``over`` bytes: the server reads its
+        head, then nothing more (the client's send blocks once the socket buffers are full)
+        until the server heals or closes."""
+        with self._lock:
+            self._unread[path] = over
 
     def heal(self, *, release: bool = True) -> None:
         """Every endpoint healthy again. With ``release``, answers still hanging or trickling
@@ -413,6 +421,13 @@ class FaultServer:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         length = int(headers.get("content-length", "0"))
+        with self._lock:
+            unread = length > self._unread.get(target, length)
+        if unread:
+            with self._lock:
+                self.log.append(Request(method, target, headers, b""))
+            self.interrupt.wait()
+            return None, buffer
         while len(buffer) < length:
             if self._stop.is_set():
                 return None, buffer

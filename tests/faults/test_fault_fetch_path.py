@@ -17,9 +17,11 @@ import requests
 from fault_servers import (
     ENDPOINTS,
     FAKE_HOST,
+    FETCH,
     FUTURE_WAIT,
     MARGIN,
     META,
+    SERVED_KEY,
     TIMEOUT,
     WAYS,
     Behaviour,
@@ -175,6 +177,28 @@ def _fault_params(bug_raises: type[BaseException] | None = None) -> list[object]
             marks.append(pytest.mark.xfail(strict=True, raises=bug_raises, reason=fault.bug))
         params.append(pytest.param(fault, id=fault.name, marks=marks))
     return params
+
+
+@pytest.mark.parametrize("how", WAYS)
+def test_a_request_the_server_stops_reading_ends_at_the_deadline(
+    how: str, server: FaultServer, short_sleeps: ShortSleeps
+) -> None:
+    """A fetch's send has no socket timeout of its own: with a body far past the socket buffers
+    and a server that reads none of it, the send blocks until the deadline's abort shuts the
+    socket. The Future fails on time, and the client stays usable."""
+    server.stop_reading(FETCH, over=1_000_000)
+    baseline = client_side_threads()
+    big = {"notes": "x" * (64 * 1024 * 1024)}  # far past loopback's buffers (a few MiB)
+    with make_client(server.base_url, short_sleeps) as client:
+        client.fetch_experiences_meta().result(FUTURE_WAIT)  # metadata loaded beforehand
+        future = client.fetch_experience(SERVED_KEY, attributes=big, user="u1")
+        err, elapsed = timed_failure(future, time.monotonic(), how)
+        assert isinstance(err, DeadlineExceededError), repr(err)
+        assert err.code is ErrorCode.NETWORK_ERROR
+        assert elapsed <= TIMEOUT + MARGIN
+        assert [r.path for r in server.log].count(FETCH) >= 1
+        check_healthy(client, "fetch")
+    assert threads_back_to(baseline)
 
 
 @pytest.mark.parametrize("how", WAYS)
