@@ -263,7 +263,7 @@ def test_a_connect_that_ends_after_the_deadline_passed_is_not_used(
         client.close()
 
 
-# connection reuse without a liveness check -------------------------------------------------------
+# pooled connections and their sockets -----------------------------------------------------------
 
 
 class MetaServer:
