@@ -188,15 +188,16 @@ def test_a_request_the_server_stops_reading_ends_at_the_deadline(
     socket. The Future fails on time, and the client stays usable."""
     server.stop_reading(FETCH, over=1_000_000)
     baseline = client_side_threads()
-    big = {"notes": "x" * (64 * 1024 * 1024)}  # far past loopback's buffers (a few MiB)
-    with make_client(server.base_url, short_sleeps) as client:
+    big = {"notes": "x" * (16 * 1024 * 1024)}  # past loopback's socket buffers (a few MiB)
+    timeout = 2.0  # the body is encoded and its head sent long before, even on a loaded machine
+    with make_client(server.base_url, short_sleeps, timeout=timeout) as client:
         client.fetch_experiences_meta().result(FUTURE_WAIT)  # metadata loaded beforehand
         future = client.fetch_experience(SERVED_KEY, attributes=big, user="u1")
         err, elapsed = timed_failure(future, time.monotonic(), how)
         assert isinstance(err, DeadlineExceededError), repr(err)
         assert err.code is ErrorCode.NETWORK_ERROR
-        assert elapsed <= TIMEOUT + MARGIN
-        assert [r.path for r in server.log].count(FETCH) >= 1
+        assert elapsed <= timeout + MARGIN
+        assert [r.path for r in server.log].count(FETCH) == 1  # it went out, and stuck
         check_healthy(client, "fetch")
     assert threads_back_to(baseline)
 
