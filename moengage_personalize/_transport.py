@@ -715,7 +715,10 @@ class Transport:
         try:
             headers = response.headers
             declared = self._check_declared(headers.get("Content-Length"), call)
-            expected = None if "Content-Encoding" in headers else declared
+            # the declared length counts the body's bytes on the wire only when they are the
+            # body itself (a chunked answer's Content-Length is to be ignored)
+            framed = "Content-Encoding" in headers or "Transfer-Encoding" in headers
+            expected = None if framed else declared
             read1 = getattr(response, "read1", None)  # urllib3 >= 2.3: one recv at most
             if read1 is not None:
                 content = self._read_body(lambda n: read1(n, decode_content=True), call, expected)
@@ -747,13 +750,15 @@ class Transport:
         """The whole body, never more than ``max_response_bytes`` (decoded), and never past the
         call's deadline: a body that trickles in frees the worker (the socket timeout alone
         bounds each read, not their sum). ``read(n)`` reads at most ``n`` bytes: no more than
-        the declared length still missing, so a small answer never allocates a 64 KiB buffer."""
+        the declared length still missing, so a small answer never allocates a 64 KiB buffer
+        (an empty one is read as unknown: urllib3 closes a response only when a read finds its
+        end, which ``read(0)`` never looks for)."""
         chunks: list[bytes] = []
         total = 0
         while True:
             if time.monotonic() >= call.deadline:
                 raise self._deadline_error(call)
-            chunk = read(_CHUNK if expected is None else min(_CHUNK, expected - total))
+            chunk = read(min(_CHUNK, expected - total) if expected else _CHUNK)
             if not chunk:
                 break
             total += len(chunk)

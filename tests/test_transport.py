@@ -267,16 +267,23 @@ def test_a_connect_that_ends_after_the_deadline_passed_is_not_used(
 
 
 class MetaServer:
-    """Answers ``GET`` with DEFAULT_META, keeping each connection open. ``end``: after its
+    """Answers ``GET`` with DEFAULT_META (or ``answer``), keeping each connection open. ``end``: after its
     first answer (keep-alive announced all the same), each connection waits for :meth:`end_idle`
     to ``"close"`` or ``"reset"`` it, as a server does whose idle timeout is short, or that
     restarts. TLS with ``context``."""
 
-    def __init__(self, *, end: str | None = None, context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        end: str | None = None,
+        context: ssl.SSLContext | None = None,
+        answer: bytes | None = None,
+    ) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
         self.end = end
+        self.answer = answer
         self.context = context
         self.accepted = 0
         self.answered = 0
@@ -301,7 +308,7 @@ class MetaServer:
 
     def _serve(self, conn: socket.socket) -> None:
         body = json.dumps(DEFAULT_META).encode()
-        answer = (
+        answer = self.answer or (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
@@ -442,3 +449,49 @@ def test_a_request_goes_out_in_one_send(
     assert request.data == body
     (sent,) = _CountingSocket.sent
     assert sent > len(body)  # the header block with it
+
+
+def test_a_chunked_answer_is_read_whole_whatever_its_content_length_says() -> None:
+    """A chunked answer's Content-Length is to be ignored (RFC 9112): the body is read to the
+    last chunk, and the connection stays usable for the next call."""
+    body = json.dumps(DEFAULT_META).encode()
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Length: 2\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
+    server = MetaServer(answer=answer)
+    config = PersonalizeConfig(retry=RetryPolicy(max_attempts=1))
+    try:
+        with MoEngagePersonalize(
+            APP_ID, api_key=API_KEY, base_url=server.base_url, config=config
+        ) as client:
+            for _ in range(2):
+                deadline = time.monotonic() + FUTURE_TIMEOUT
+                got = client._transport.request(
+                    "GET", "/experiences/metadata", None, deadline, what="m"
+                )
+                assert got == DEFAULT_META
+        assert (server.accepted, server.answered) == (1, 2)
+    finally:
+        server.close()
+
+
+def test_body_reads_ask_for_what_is_missing(client: MoEngagePersonalize) -> None:
+    """Each read asks for no more than the declared length still missing; an empty or
+    undeclared body is read until its end shows (urllib3 closes the answer only then, before
+    the connection goes back to the pool)."""
+
+    def reads(pieces: list[bytes], expected: int | None) -> tuple[bytes, list[int]]:
+        asked: list[int] = []
+        rest = iter(pieces)
+
+        def read(n: int) -> bytes:
+            asked.append(n)
+            return next(rest, b"")
+
+        call = _transport._Call("GET", "/x", None, time.monotonic() + 5, "m", 5.0, "timeout")
+        return client._transport._read_body(read, call, expected), asked
+
+    assert reads([b"a" * 60, b"b" * 40], 100) == (b"a" * 60 + b"b" * 40, [100, 40])
+    assert reads([], 0) == (b"", [_transport._CHUNK])
+    assert reads([b"abc"], None) == (b"abc", [_transport._CHUNK, _transport._CHUNK])

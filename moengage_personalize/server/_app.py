@@ -196,8 +196,8 @@ class PersonalizeApp:
             maxlen=decision_log_size
         )
         self._decisions_lock = threading.Lock()
-        # Events requests are decoded, checked and stored one at a time, in arrival order: two
-        # of them sharing the interpreter would both end late (see _dispatch).
+        # Events requests are decoded, checked and stored one at a time (their bodies are read
+        # before): two of them sharing the interpreter would both end late (see _dispatch).
         self._ingest_lock = threading.Lock()
         self._user = definitions.workspace_id.encode("utf-8")
         self._key = definitions.api_key.encode("utf-8")

@@ -198,6 +198,18 @@ class _WSGIHandler(http.server.BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError, OSError) as exc:
             log.debug("connection from %s ended: %s", self.address_string(), exc)
             self.close_connection = True
+            # what is left in the write buffer can never go: finish() must not wait for it
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        """The stdlib's, except that an answer the client no longer takes (unsent bytes left in
+        the buffered writer, which closing flushes again) ends the connection quietly."""
+        try:
+            super().finish()
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.rfile.close()
 
     def _run_wsgi(self) -> None:
         length_text = self.headers.get("Content-Length")

@@ -423,8 +423,8 @@ def test_concurrent_event_posts_are_all_stored(server: PersonalizeServer, api: A
 def test_events_requests_are_taken_in_one_at_a_time(
     server: PersonalizeServer, api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Concurrent events requests are decoded, checked and stored one after another (the first
-    in ends first, instead of all sharing the interpreter and ending together); none is lost."""
+    """Concurrent events requests are decoded, checked and stored one at a time (instead of all
+    sharing the interpreter and ending together); none is lost."""
     active = 0
     most = 0
     guard = threading.Lock()
