@@ -608,7 +608,7 @@ def test_a_client_that_stops_reading_is_let_go_after_one_idle_timeout(
     written within the idle timeout, the connection ends, once (the unsent rest of the buffered
     answer is not flushed again, each time for another timeout), and nothing escapes as an
     error on the connection."""
-    monkeypatch.setattr(_runner._WSGIHandler, "timeout", 0.5)
+    monkeypatch.setattr(_runner._WSGIHandler, "timeout", 1.0)
     ended: list[float] = []
     serve = _runner._ThreadingServer.process_request_thread
 
@@ -624,11 +624,12 @@ def test_a_client_that_stops_reading_is_let_go_after_one_idle_timeout(
     with PersonalizeServer(port=0) as server, socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", server.port))
-        sock.settimeout(0.5)
-        with contextlib.suppress(TimeoutError):
-            for _ in range(400):  # until the server stops reading too
+        sock.settimeout(1.0)
+        # until the server stops reading too (or, on a slow machine, has already let go)
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            for _ in range(400):
                 sock.sendall(request)
         stalled = time.monotonic()
         assert wait_for(lambda: bool(ended), timeout=10)
-        assert ended[0] - stalled < 1.5  # one timeout (0.5 s) after the stall, not three
+        assert ended[0] - stalled < 2.8  # one timeout (1 s) after the stall, not three
     assert not [r for r in caplog.records if "error on the connection" in r.getMessage()]
