@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import attrs
 import requests
@@ -128,6 +128,10 @@ class _Pending(Future[T]):
         waiters.owner = weakref.ref(self)
         self._waiters = waiters
 
+    def forget(self) -> None:
+        """Drop what would run the call (they hold the client): it runs now, or never will."""
+        self.here = self.elsewhere = None
+
     def hand_off(self) -> None:
         """Start the call on a worker unless it started already."""
         elsewhere = self.elsewhere
@@ -162,12 +166,6 @@ class _Pending(Future[T]):
             self.hand_off()  # the caller may stop waiting first, or must not be held
             return
         here()
-
-
-def _forget(future: Future[Any]) -> None:
-    """A call that will never run drops what would run it (they hold the client)."""
-    if isinstance(future, _Pending):
-        future.here = future.elsewhere = None
 
 
 class _Errors:
@@ -210,20 +208,20 @@ class _Deadlines:
         self._timeout = timeout
         self._errors = errors
         self._cond = threading.Condition(threading.Lock())
-        self._inbox: collections.deque[tuple[float, int, Future[Any], str | None]] = (
+        self._inbox: collections.deque[tuple[float, int, _Pending[Any], str | None]] = (
             collections.deque()
         )
-        self._heap: list[tuple[float, int, Future[Any], str | None]] = []  # the thread's own
+        self._heap: list[tuple[float, int, _Pending[Any], str | None]] = []  # the thread's own
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._wake_at = math.inf  # when the thread next wakes by itself; -inf while awake
 
     def add(
-        self, deadline: float, future: Future[Any], message: str, start_by: float | None = None
+        self, deadline: float, future: _Pending[Any], message: str, start_by: float | None = None
     ) -> bool:
         """Watch ``future`` (and, with ``start_by``, hand its call to a worker then if it has
-        not started: it must be a :class:`_Pending`); False once stopped (client closed)."""
+        not started); False once stopped (client closed)."""
         if self._stopped:
             return False
         if self._thread is None:
@@ -246,12 +244,12 @@ class _Deadlines:
                 )
                 self._thread.start()
 
-    def pending(self) -> list[Future[Any]]:
+    def pending(self) -> list[_Pending[Any]]:
         """The calls still watched."""
         with self._cond:
             return self.orphans()
 
-    def orphans(self) -> list[Future[Any]]:
+    def orphans(self) -> list[_Pending[Any]]:
         """:meth:`pending` without the lock: for a forked child, where a thread of the parent
         may have held it."""
         entries = [*self._heap, *self._inbox.copy()]
@@ -276,7 +274,7 @@ class _Deadlines:
 
     def _watch(self) -> bool:
         """Process entries until the thread stops (True)."""
-        expired: list[tuple[Future[Any], str | None]] = []
+        expired: list[tuple[_Pending[Any], str | None]] = []
         heap = self._heap
         inbox = self._inbox
         while True:
@@ -302,14 +300,12 @@ class _Deadlines:
                     return True
             for future, what in expired:  # first free the threads still running them
                 if what is not None:
-                    run = getattr(future, "run", None)
-                    if run is not None:
-                        run.abort()
+                    future.run.abort()
             for future, what in expired:  # callbacks run outside the lock
                 if what is None:
-                    cast(_Pending[Any], future).hand_off()
+                    future.hand_off()
                     continue
-                _forget(future)
+                future.forget()
                 self._errors.fail(
                     future,
                     DeadlineExceededError(
@@ -577,7 +573,7 @@ class MoEngagePersonalize:
         future.here = functools.partial(self._run_here, future, fn, args)
         future.elsewhere = functools.partial(self._run_elsewhere, future, fn, args, what)
         if not self._deadlines.add(future.deadline, future, what, now + _GRACE):
-            future.here = future.elsewhere = None
+            future.forget()
             self._errors.fail(future, ClientClosedError(f"{what}: the client is closed"))
             return future
         previous = getattr(_threads, "latest", None)
@@ -632,7 +628,7 @@ class MoEngagePersonalize:
         args: tuple[Any, ...],
         here: bool,
     ) -> None:
-        future.here = future.elsewhere = None
+        future.forget()
         if not future.claim.acquire(blocking=False) or future.done():
             return  # run by another thread, or failed (deadline, close) while queued
         try:
@@ -843,15 +839,14 @@ class MoEngagePersonalize:
         pending = self._deadlines.pending()
         for future in pending:
             if not future.running():
-                _forget(future)
+                future.forget()
                 self._errors.fail(
                     future, ClientClosedError("the client was closed before the call ran")
                 )
         wait_futures(pending, timeout=timeout)
         for future in pending:
-            run = getattr(future, "run", None)
-            if run is not None and not future.done():  # free its thread: the deadline
-                run.abort()  # thread stops below
+            if not future.done():  # free its thread: the deadline thread stops below
+                future.run.abort()
             self._errors.fail(future, ClientClosedError("the client was closed while the call ran"))
         self._deadlines.stop(timeout=max(0.0, end - time.monotonic()))
         self._transport.close()
@@ -867,7 +862,7 @@ class MoEngagePersonalize:
         self._deadlines = _Deadlines(self._config.timeout, self._errors)
         self._callers = [True] * (3 * self._config.max_workers)
         for future in parents:  # the parent's calls are the parent's: fail them here
-            _forget(future)
+            future.forget()
             lock = getattr(future, "_condition", None)
             if lock is not None and lock.acquire(blocking=False):  # not held by a lost thread
                 lock.release()
