@@ -406,17 +406,23 @@ def test_local_events_endpoint_filters_by_customer(api: Any) -> None:
     assert [e["moe_event_uuid"] for e in events] == ["b1"]
 
 
-def test_concurrent_event_posts_are_all_stored(server: PersonalizeServer, api: Any) -> None:
-    """Ten threads posting distinct events at once lose none (the store is thread-safe)."""
+def _post_at_once(server: PersonalizeServer, api: Any, threads: int, prefix: str) -> None:
+    """``threads`` threads each post five distinct events at the same time."""
 
     def post(n: int) -> None:
-        _post(server, {"elements": [api.element(*[api.action(f"t{n}-{i}") for i in range(5)])]})
+        actions = [api.action(f"{prefix}{n}-{i}") for i in range(5)]
+        _post(server, {"elements": [api.element(*actions)]})
 
-    threads = [threading.Thread(target=post, args=(n,)) for n in range(10)]
-    for thread in threads:
+    pool = [threading.Thread(target=post, args=(n,)) for n in range(threads)]
+    for thread in pool:
         thread.start()
-    for thread in threads:
+    for thread in pool:
         thread.join(10)
+
+
+def test_concurrent_event_posts_are_all_stored(server: PersonalizeServer, api: Any) -> None:
+    """Ten threads posting distinct events at once lose none (the store is thread-safe)."""
+    _post_at_once(server, api, 10, "t")
     assert server.store.count() == 50
 
 
@@ -443,14 +449,6 @@ def test_events_requests_are_taken_in_one_at_a_time(
                 active -= 1
 
     monkeypatch.setattr(server_app, "_events_problem", watched)
-
-    def post(n: int) -> None:
-        _post(server, {"elements": [api.element(*[api.action(f"o{n}-{i}") for i in range(5)])]})
-
-    threads = [threading.Thread(target=post, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    _post_at_once(server, api, 6, "o")
     assert server.store.count() == 30
     assert most == 1
