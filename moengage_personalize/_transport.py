@@ -282,6 +282,8 @@ def running(run: Running | None) -> Running | None:
 
 # a line the email package takes into the header block, as its feedparser does
 _HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
+_MAX_LINE = 65536  # http.client's _MAXLINE and _MAXHEADERS
+_MAX_HEADERS = 100
 
 
 def _parse_headers(fp: Any) -> http.client.HTTPMessage:
@@ -343,10 +345,6 @@ def _field(lines: list[str]) -> tuple[str, str]:
     """compat32's header_source_parse."""
     name, value = lines[0].split(":", 1)
     return name, (value.lstrip(" \t") + "".join(lines[1:])).rstrip("\r\n")
-
-
-_MAX_LINE = 65536  # http.client's _MAXLINE and _MAXHEADERS
-_MAX_HEADERS = 100
 
 
 class _LeanResponse(http.client.HTTPResponse):
