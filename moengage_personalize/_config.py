@@ -53,6 +53,14 @@ def _positive_int(name: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def _optional_positive_int(name: str) -> Callable[[Any, Any, Any], None]:
+    def check(_inst: Any, _attr: Any, value: Any) -> None:
+        if value is not None:
+            _positive_int(name)(_inst, _attr, value)
+
+    return check
+
+
 def _bool(name: str) -> Callable[[Any, Any, Any], None]:
     def check(_inst: Any, _attr: Any, value: Any) -> None:
         if not isinstance(value, bool):
@@ -69,12 +77,16 @@ def _default_workers() -> int:
 class RetryPolicy:
     """How failed requests are retried: connection errors, timeouts, 429 and 5xx; never other 4xx.
 
-    Backoff is exponential from ``initial_backoff`` up to ``max_backoff``, with jitter. A 429's
-    ``Retry-After`` (or ``x-ratelimit-reset``) is honoured up to ``max_retry_after``. A wait longer
-    than what is left of the call's deadline is not waited: the call fails at once.
+    Backoff is exponential from ``initial_backoff`` up to ``max_backoff``, with jitter. The
+    service's ``Retry-After`` (or ``x-ratelimit-reset``) lengthens a wait, never shortens it below
+    the back-off. A fetch fails at once rather than wait longer than ``max_retry_after`` or past its
+    deadline; events wait at most ``max_retry_after``. ``max_attempts=None``: no limit but the
+    deadline (fetches) or the client closing (events).
     """
 
-    max_attempts: int = attrs.field(default=3, validator=_positive_int("retry.max_attempts"))
+    max_attempts: int | None = attrs.field(
+        default=3, validator=_optional_positive_int("retry.max_attempts")
+    )
     initial_backoff: float = _duration_field("retry.initial_backoff", 0.1)
     max_backoff: float = _duration_field("retry.max_backoff", 1.0)
     jitter: bool = attrs.field(default=True, validator=_bool("retry.jitter"))
@@ -112,10 +124,19 @@ def _optional_callable(name: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
-def _retry_policy(value: Any) -> RetryPolicy:
-    if not isinstance(value, RetryPolicy):
-        raise TypeError(f"retry must be a RetryPolicy, not {value!r}")
-    return value
+def _retry_policy(name: str) -> Callable[[Any], RetryPolicy]:
+    def check(value: Any) -> RetryPolicy:
+        if not isinstance(value, RetryPolicy):
+            raise TypeError(f"{name} must be a RetryPolicy, not {value!r}")
+        return value
+
+    return check
+
+
+def _default_event_retry() -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=None, initial_backoff=0.25, max_backoff=60.0, max_retry_after=60.0
+    )
 
 
 def _workers(value: Any) -> int:
@@ -133,6 +154,20 @@ def _callable(name: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def check_text(value: str, name: str) -> str:
+    """``value`` if it can be sent as UTF-8; a lone surrogate (``"\\udcff"``, what
+    ``os.fsdecode`` makes of undecodable bytes) cannot: ValueError naming the argument."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{name} cannot be encoded as UTF-8 (a lone surrogate at index {exc.start}): "
+                f"{value!r}"
+            ) from None
+    return value
+
+
 def _optional_str(name: str) -> Callable[[Any, Any, Any], None]:
     def check(_inst: Any, _attr: Any, value: Any) -> None:
         if value is None:
@@ -141,6 +176,7 @@ def _optional_str(name: str) -> Callable[[Any, Any, Any], None]:
             raise TypeError(f"{name} must be a str, not {type(value).__name__}")
         if not value:
             raise ValueError(f"{name} must not be empty")
+        check_text(value, name)
 
     return check
 
@@ -167,7 +203,7 @@ class PersonalizeConfig:
     """
 
     timeout: float = _duration_field("timeout", 3.0, allow_zero=False)
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy, converter=_retry_policy)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, converter=_retry_policy("retry"))
     max_workers: int = attrs.field(default=None, converter=_workers)
     meta_ttl: float = _duration_field("meta_ttl", 900.0)
     cache_ttl: float = _duration_field("cache_ttl", 0.0)
@@ -188,7 +224,9 @@ class PersonalizeConfig:
     event_queue_size: int = attrs.field(default=10_000, validator=_positive_int("event_queue_size"))
     event_flush_interval: float = _duration_field("event_flush_interval", 1.0, allow_zero=False)
     event_batch_size: int = attrs.field(default=1000, validator=_batch_size)
-    event_retry_max_backoff: float = _duration_field("event_retry_max_backoff", 60.0)
+    event_retry: RetryPolicy = attrs.field(
+        factory=_default_event_retry, converter=_retry_policy("event_retry")
+    )
     event_store: str | os.PathLike[str] | None = attrs.field(default=None, validator=_store_path)
     event_store_max_events: int = attrs.field(
         default=1_000_000, validator=_positive_int("event_store_max_events")
@@ -215,7 +253,8 @@ def _identifiers(value: Any) -> dict[str, str] | None:
             raise TypeError(
                 f"user.user_identifiers[{key!r}] must be a str, not {type(item).__name__}"
             )
-        out[key] = item
+        check_text(key, "user.user_identifiers key")
+        out[key] = check_text(item, f"user.user_identifiers[{key!r}]")
     return out or None
 
 
@@ -271,5 +310,5 @@ def coerce_user(value: User | str | None) -> User | None:
     if isinstance(value, str):
         if not value:
             raise ValueError("user must not be an empty string")
-        return _user_for(value)
+        return _user_for(check_text(value, "user"))
     raise TypeError(f"user must be a User, a customer id str or None, not {type(value).__name__}")

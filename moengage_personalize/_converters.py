@@ -7,13 +7,13 @@ Unknown fields are ignored; a body of the wrong shape raises :class:`ParseError`
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
-import cattrs
 
 from ._config import User
 from ._models import (
@@ -24,6 +24,9 @@ from ._models import (
     Offering,
 )
 from .exceptions import ParseError
+
+if TYPE_CHECKING:
+    import cattrs
 
 log = logging.getLogger("moengage_personalize")
 
@@ -73,25 +76,26 @@ def _plain_dict(value: Any, _type: Any) -> dict[str, Any]:
     return value
 
 
-def _make_converter() -> cattrs.Converter:
+def identifiers_body(user: User) -> dict[str, Any]:
+    """The fetch body's ``identifiers`` object for ``user`` (empty for an anonymous user)."""
+    out: dict[str, Any] = {}
+    if user.customer_id is not None:
+        out["customer_id"] = user.customer_id
+    if user.user_identifiers:
+        out["user_identifiers"] = dict(user.user_identifiers)
+    return out
+
+
+@functools.cache
+def _converter() -> cattrs.Converter:
+    """The converter, made on the first answer to structure (cattrs takes a while to import)."""
+    import cattrs  # noqa: PLC0415
+
     conv = cattrs.Converter(forbid_extra_keys=False)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(ExperienceStatus, _status)
     conv.register_structure_hook_func(lambda t: t == dict[str, Any], _plain_dict)
-
-    def identifiers(user: User) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if user.customer_id is not None:
-            out["customer_id"] = user.customer_id
-        if user.user_identifiers:
-            out["user_identifiers"] = dict(user.user_identifiers)
-        return out
-
-    conv.register_unstructure_hook(User, identifiers)
     return conv
-
-
-_converter = _make_converter()
 
 
 _HOOKS: dict[type, Callable[[Any, Any], Any]] = {}
@@ -105,7 +109,9 @@ def _structure(data: Any, cls: type[T], what: str) -> T:
         )
     hook = _HOOKS.get(cls)
     if hook is None:
-        hook = _HOOKS[cls] = _converter.get_structure_hook(cls)
+        hook = _HOOKS[cls] = _converter().get_structure_hook(cls)
+    import cattrs  # noqa: PLC0415 - loaded by _converter() already
+
     try:
         result: T = hook(data, cls)
         return result
@@ -117,19 +123,12 @@ def _structure(data: Any, cls: type[T], what: str) -> T:
 
 
 def _describe(exc: BaseException) -> Iterable[str]:
+    import cattrs  # noqa: PLC0415 - loaded by _converter() already
+
     if isinstance(exc, cattrs.BaseValidationError):
         yield from cattrs.transform_error(exc)
     else:
         yield str(exc) or type(exc).__name__
-
-
-_unstructure_user = _converter.get_unstructure_hook(User)
-
-
-def identifiers_body(user: User) -> dict[str, Any]:
-    """The fetch body's ``identifiers`` object for ``user`` (empty for an anonymous user)."""
-    result: dict[str, Any] = _unstructure_user(user)
-    return result
 
 
 def structure_metadata(data: Any) -> list[ExperienceCampaignMeta]:

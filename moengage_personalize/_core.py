@@ -1,7 +1,7 @@
 """The blocking core: metadata cache, key resolution, the 25 rule, result assembly.
 
-Every method takes an absolute ``deadline`` (a ``time.monotonic()`` value) and raises only
-:class:`~moengage_personalize.exceptions.PersonalizeError`.
+Every method takes the call's :class:`~moengage_personalize._deadline.Deadline` (passed on to the
+transport) and raises only :class:`~moengage_personalize.exceptions.PersonalizeError`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from typing import Any
 import attrs
 
 from . import _converters
+from ._checks import WEEKDAYS
 from ._config import PersonalizeConfig, User
+from ._deadline import Deadline
+from ._http import Transport
 from ._models import (
     DataSource,
     ExperienceCampaign,
@@ -29,7 +32,6 @@ from ._models import (
     ExperienceStatus,
 )
 from ._resilience import CircuitBreaker, Counter, LRUCache, SingleFlight
-from ._transport import Transport
 from .exceptions import ErrorCode, PersonalizeError
 
 log = logging.getLogger("moengage_personalize")
@@ -39,7 +41,6 @@ META_PATH = "/experiences/metadata"
 FETCH_PATH = "/experiences/fetch"
 # After a failed refresh of expired metadata the stale list keeps serving; try again after this.
 META_RETRY_INTERVAL = 10.0
-WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _INACTIVE = (ExperienceStatus.PAUSED, ExperienceStatus.SCHEDULED)
 
 
@@ -76,6 +77,7 @@ class Core:
 
     ``background`` runs a function off the caller's thread (the facade's executor) and says whether
     it could; metadata refreshes use it so that no caller waits for them after the first load.
+    ``watch`` has the deadline of such a refresh enforced (the client's watchdog).
     """
 
     def __init__(
@@ -83,8 +85,10 @@ class Core:
         transport: Transport,
         config: PersonalizeConfig,
         background: Callable[[Callable[[], None]], bool],
+        watch: Callable[[Deadline], bool],
     ) -> None:
         self._transport = transport
+        self._watch = watch
         self._config = config
         self._clock = config.clock
         self._background = background
@@ -127,7 +131,7 @@ class Core:
     # metadata ------------------------------------------------------------------------------
 
     def fetch_meta(
-        self, statuses: Collection[ExperienceStatus], deadline: float
+        self, statuses: Collection[ExperienceStatus], deadline: Deadline
     ) -> ExperienceCampaignsMetadata:
         snapshot, source = self._metadata(deadline)
         return ExperienceCampaignsMetadata(
@@ -135,7 +139,7 @@ class Core:
             experiences=[m for m in snapshot.experiences if m.status in statuses],
         )
 
-    def _metadata(self, deadline: float) -> tuple[_MetaSnapshot, DataSource]:
+    def _metadata(self, deadline: Deadline) -> tuple[_MetaSnapshot, DataSource]:
         """The metadata snapshot. Once loaded it is always served from memory; from 90% of
         ``meta_ttl`` on, one background refresh replaces it (stale-while-revalidate)."""
         snapshot = self._meta
@@ -143,9 +147,7 @@ class Core:
             self._maybe_refresh(snapshot)
             return snapshot, DataSource.CACHE
         try:
-            loaded, _ = self._flights.do(
-                "metadata", lambda: self._load_meta(deadline), deadline, self._config.timeout
-            )
+            loaded, _ = self._flights.do("metadata", lambda: self._load_meta(deadline), deadline)
         except PersonalizeError:
             if snapshot is not None:  # meta_ttl=0 and the reload failed: the last list serves
                 return snapshot, DataSource.CACHE
@@ -169,11 +171,10 @@ class Core:
                 self._refreshing = False
 
     def _refresh(self) -> None:
+        deadline = Deadline(self._config.timeout)
+        self._watch(deadline)
         try:
-            deadline = time.monotonic() + self._config.timeout
-            self._flights.do(
-                "metadata", lambda: self._load_meta(deadline), deadline, self._config.timeout
-            )
+            self._flights.do("metadata", lambda: self._load_meta(deadline), deadline)
         except PersonalizeError as exc:
             self._retry_refresh_at = self._clock() + META_RETRY_INTERVAL
             log.warning(
@@ -183,10 +184,11 @@ class Core:
                 META_RETRY_INTERVAL,
             )
         finally:
+            deadline.done = True
             with self._lock:
                 self._refreshing = False
 
-    def _load_meta(self, deadline: float) -> _MetaSnapshot:
+    def _load_meta(self, deadline: Deadline) -> _MetaSnapshot:
         body = self._guarded_request("GET", META_PATH, None, deadline, "metadata")
         experiences = tuple(_converters.structure_metadata(body))
         snapshot = _MetaSnapshot(
@@ -198,22 +200,24 @@ class Core:
         return snapshot
 
     def _guarded_request(
-        self, method: str, path: str, body: Any, deadline: float, what: str
+        self, method: str, path: str, body: Any, deadline: Deadline, what: str
     ) -> Any:
-        """A request through the circuit breaker."""
+        """A request through the circuit breaker. Whatever happens, a half-open trial ends."""
         breaker = self._breaker
-        if breaker is not None:
-            refused = breaker.check()
-            if refused is not None:
-                raise refused
+        if breaker is None:
+            return self._transport.request(method, path, body, deadline, what=what)
+        refused = breaker.check()
+        if refused is not None:
+            raise refused
         try:
             answer = self._transport.request(method, path, body, deadline, what=what)
         except PersonalizeError as exc:
-            if breaker is not None:
-                breaker.failure(exc)
+            breaker.failure(exc)
             raise
-        if breaker is not None:
-            breaker.success()
+        except BaseException:
+            breaker.inconclusive()  # said nothing of the service: the next call tries again
+            raise
+        breaker.success()
         return answer
 
     # experiences ---------------------------------------------------------------------------
@@ -245,7 +249,7 @@ class Core:
         keys: Sequence[str],
         attributes: Mapping[str, str],
         user: User | None,
-        deadline: float,
+        deadline: Deadline,
     ) -> ExperienceCampaignsResult:
         snapshot, _ = self._metadata(deadline)
         wanted, failures = _resolve(keys, snapshot)
@@ -264,13 +268,8 @@ class Core:
             self.cache_hits.add(len(wanted) - len(ask))
             self.cache_misses.add(len(ask))
         if ask:
-            try:
-                served, _ = self._flights.do(
-                    (ukey, tuple(ask), akey),
-                    lambda: self._ask(ask, attributes, user, deadline),
-                    deadline,
-                    self._config.timeout,
-                )
+            try:  # identical calls in flight were coalesced by the facade, before a thread
+                served = self._ask(ask, attributes, user, deadline)
             except PersonalizeError as exc:
                 stale = self._stale(ask, ukey, akey, exc)
                 if stale is None:
@@ -291,7 +290,7 @@ class Core:
         return _assemble(keys, wanted, found, failures)
 
     def _ask(
-        self, keys: list[str], attributes: Mapping[str, str], user: User | None, deadline: float
+        self, keys: list[str], attributes: Mapping[str, str], user: User | None, deadline: Deadline
     ) -> dict[str, Any]:
         body = self.fetch_body(keys, attributes, user)
         answer = self._guarded_request("POST", FETCH_PATH, body, deadline, "fetch")

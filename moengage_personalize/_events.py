@@ -4,7 +4,8 @@ The caller validates, stamps ``event_time``, appends a small tuple to a bounded 
 no I/O, no uuid, no JSON on its thread. The dispatcher thread (``moengage-personalize-events``)
 gives each event its ``moe_event_uuid`` (kept across retries), groups events per user into requests
 within the service's limits (100 users, ``event_batch_size`` actions, ~512 KiB), sends them with
-tenacity retries (network errors, 429, 5xx, 401: the events are kept and retried with backoff), and
+retries (``config.event_retry``: network errors, 429, 5xx, 401: the events are kept and retried with
+back-off), and
 splits a batch the service rejects (400) until the bad events are isolated; only those are dropped.
 While sends succeed, the first attempt of up to ``MAX_IN_FLIGHT`` requests runs on the client's
 worker pool so that the dispatcher builds the next request meanwhile; every failure, retry and
@@ -19,46 +20,43 @@ the next client on the file). One live client per file: a lock file next to it.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
-import json
 import logging
 import os
-import random
-import sqlite3
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import tenacity
 
-from ._config import PersonalizeConfig, User
-from ._models import ExperienceCampaign, FlushReport, Offering, PersonalizeStats
+from ._config import PersonalizeConfig
+from ._deadline import Deadline
+from ._event_wire import (
+    ACTION_CLICKED,
+    ACTION_SHOWN,
+    EventRecord,
+    Item,
+    body,
+    campaign_context,
+    fits,
+    offering_attribution,
+    resolve_user,
+    to_items,
+)
+from ._http import Transport
+from ._models import FlushReport, PersonalizeStats
 from ._resilience import warn_once
-from ._transport import Transport
 from .exceptions import HTTPStatusError, PersonalizeError
+
+if TYPE_CHECKING:
+    from ._outbox import Outbox
 
 log = logging.getLogger("moengage_personalize")
 
 EVENTS_PATH = "/experiences/events"
-ACTION_SHOWN = "MOE_PERSONALIZATION_MESSAGE_SHOWN"
-ACTION_CLICKED = "MOE_PERSONALIZATION_MESSAGE_CLICKED"
-REQUIRED_CONTEXT = (
-    "cid",
-    "experience",
-    "moe_locale_id",
-    "moe_variation_id",
-    "audience_name",
-    "audience_id",
-)
-MAX_USERS_PER_REQUEST = 100
-MAX_BYTES_PER_REQUEST = 512 * 1024
 ATTEMPT_TIMEOUT = 10.0  # seconds per send attempt (shorter when a close deadline is nearer)
-INITIAL_BACKOFF = 0.25
 MAX_IN_FLIGHT = 2  # requests whose first attempt runs on the worker pool at the same time
 _REJECTED = frozenset({400, 413, 422})  # the service refuses the content: split, never resend as is
 _WRITER_BATCH_DELAY = 0.002  # the outbox writer gathers this long before a commit
@@ -70,235 +68,6 @@ DROP_STORE_FULL = "store_full"
 DROP_UNDELIVERED = "undelivered"  # still not accepted when close() gave up
 
 
-class EventRecord(NamedTuple):
-    """An event as the caller's thread records it (cheap: no uuid, no JSON yet)."""
-
-    action: str
-    context: Mapping[str, Any]
-    under: Mapping[str, Any] | None  # merged below the context (offering attribution)
-    over: Mapping[str, Any] | None  # merged above the context (b_id)
-    customer_id: str
-    timezone_offset: int | None
-    event_time: int
-
-
-class _Item(NamedTuple):
-    """An event ready for the wire: its user and the action's JSON (uuid fixed)."""
-
-    customer_id: str
-    timezone_offset: int | None
-    action_json: str
-    row_id: int | None = None  # in the outbox
-
-
-def check_context(context: object, where: str) -> Mapping[str, Any]:
-    """The campaign attribution to send back, or a ValueError naming what is missing."""
-    if not isinstance(context, Mapping):
-        raise TypeError(f"{where} has no usable experience_context (got {type(context).__name__})")
-    missing = [k for k in REQUIRED_CONTEXT if not isinstance(context.get(k), str)]
-    if missing:
-        raise ValueError(
-            f"{where}.experience_context lacks {', '.join(missing)} (required to attribute events)"
-        )
-    return context
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
-
-
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant nibble
-
-
-def _uuid4s(count: int) -> list[str]:
-    """``count`` random (version 4) UUID strings from one ``os.urandom`` call: the version and
-    variant nibbles are set in the hex text (122 random bits each, as ``uuid.uuid4``)."""
-    h = os.urandom(16 * count).hex()
-    return [
-        f"{h[o : o + 8]}-{h[o + 8 : o + 12]}-4{h[o + 13 : o + 16]}-"
-        f"{_VARIANT[h[o + 16]]}{h[o + 17 : o + 20]}-{h[o + 20 : o + 32]}"
-        for o in range(0, 32 * count, 32)
-    ]
-
-
-def _to_items(records: Sequence[EventRecord], platform: str) -> tuple[list[_Item], int]:
-    """Wire-ready events: each gets its ``moe_event_uuid`` here, once, kept across retries.
-
-    The action JSON is assembled from pre-encoded parts; a campaign context shared by many
-    events is encoded once per batch.
-    """
-    platform_json = _encode(platform)
-    unencodable = 0
-    encoded: dict[int, str] = {}  # id(context) -> JSON, for contexts alive during this call
-    items = []
-    for record, event_uuid in zip(records, _uuid4s(len(records)), strict=True):
-        try:
-            if record.under is None and record.over is None:
-                attributes = encoded.get(id(record.context))
-                if attributes is None:
-                    attributes = encoded[id(record.context)] = _encode(record.context)
-            else:
-                merged = {**(record.under or {}), **record.context, **(record.over or {})}
-                attributes = _encode(merged)
-        except (TypeError, ValueError) as exc:  # changed after the call checked it
-            log.error("moengage-personalize: an event could not be encoded (%s); dropped", exc)
-            unencodable += 1
-            continue
-        items.append(
-            _Item(
-                record.customer_id,
-                record.timezone_offset,
-                f'{{"action":"{record.action}","moe_event_uuid":"{event_uuid}",'
-                f'"event_time":{record.event_time},"platform":{platform_json},'
-                f'"attributes":{attributes}}}',
-            )
-        )
-    return items, unencodable
-
-
-def _body(items: Sequence[_Item]) -> bytes:
-    """The events request body: one element per user, its actions batched under it."""
-    groups: dict[tuple[str, int | None], list[str]] = {}
-    for item in items:
-        groups.setdefault((item.customer_id, item.timezone_offset), []).append(item.action_json)
-    elements = []
-    for (customer_id, offset), actions in groups.items():
-        head = '{"customer_id":' + json.dumps(customer_id, ensure_ascii=False)
-        if offset is not None:
-            head += ',"user_timezone_offset":' + str(offset)
-        elements.append(head + ',"actions":[' + ",".join(actions) + "]}")
-    return ('{"elements":[' + ",".join(elements) + "]}").encode()
-
-
-def _fits(items: Iterable[_Item], limit_actions: int) -> list[_Item]:
-    """The longest prefix of ``items`` within the per-request limits."""
-    out: list[_Item] = []
-    users: set[tuple[str, int | None]] = set()
-    size = 20
-    for item in items:
-        key = (item.customer_id, item.timezone_offset)
-        extra = (
-            len(item.action_json.encode()) + 1 + (0 if key in users else 80 + len(item.customer_id))
-        )
-        if out and (
-            len(out) >= limit_actions
-            or size + extra > MAX_BYTES_PER_REQUEST
-            or (key not in users and len(users) >= MAX_USERS_PER_REQUEST)
-        ):
-            break
-        out.append(item)
-        users.add(key)
-        size += extra
-    return out
-
-
-class _Outbox:
-    """The SQLite outbox: a table of wire-ready events, and a lock file held by the live client."""
-
-    def __init__(self, path: str | os.PathLike[str], max_events: int) -> None:
-        self.path = os.fspath(path)
-        self.max_events = max_events
-        self._lock_file = _acquire_lock(self.path + ".lock")
-        try:
-            conn = self._connect()
-            with conn:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                    " customer_id TEXT NOT NULL, timezone_offset INTEGER, action TEXT NOT NULL)"
-                )
-            self.count = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-            conn.close()
-        except sqlite3.Error as exc:
-            self.release()
-            raise ValueError(f"event_store {self.path!r} cannot be used: {exc}") from exc
-        self._count_lock = threading.Lock()
-        self._local = threading.local()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.isolation_level = "DEFERRED"
-        return conn
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
-
-    def add(self, items: Sequence[_Item]) -> int:
-        """Store as many of ``items`` as the size limit allows; returns how many were stored."""
-        with self._count_lock:
-            room = max(0, self.max_events - self.count)
-        items = items[:room]
-        if items:
-            conn = self._conn()
-            with conn:
-                conn.executemany(
-                    "INSERT INTO outbox (customer_id, timezone_offset, action) VALUES (?, ?, ?)",
-                    [(i.customer_id, i.timezone_offset, i.action_json) for i in items],
-                )
-            with self._count_lock:
-                self.count += len(items)
-        return len(items)
-
-    def take(self, limit: int) -> list[_Item]:
-        rows = self._conn().execute(
-            "SELECT id, customer_id, timezone_offset, action FROM outbox ORDER BY id LIMIT ?",
-            (limit,),
-        )
-        return [_Item(cid, tz, action, row_id) for row_id, cid, tz, action in rows]
-
-    def remove(self, items: Sequence[_Item]) -> None:
-        conn = self._conn()
-        with conn:
-            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i.row_id,) for i in items])
-        with self._count_lock:
-            self.count -= len(items)
-
-    def close_thread_connection(self) -> None:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-    def release(self) -> None:
-        if self._lock_file is not None:
-            _release_lock(self._lock_file)
-            self._lock_file = None
-
-
-def _acquire_lock(path: str) -> Any:
-    """Hold an exclusive lock on ``path`` for the client's life (released when the file closes,
-    also when the process dies)."""
-    handle = open(path, "a+")  # noqa: SIM115 - held for the client's life
-    try:
-        if sys.platform == "win32":  # pragma: no cover
-            import msvcrt  # noqa: PLC0415
-
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl  # noqa: PLC0415
-
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.close()
-        raise ValueError(
-            f"event_store {path.removesuffix('.lock')!r} is in use by another live client "
-            "(one client per outbox file)"
-        ) from exc
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-
-
-def _release_lock(handle: Any) -> None:
-    with contextlib.suppress(OSError):
-        handle.close()  # closing the descriptor releases the lock
-
-
 class EventPipeline:
     """The bounded queue, the dispatcher (and, with an outbox, the writer) and their counters."""
 
@@ -306,10 +75,12 @@ class EventPipeline:
         self,
         transport: Transport,
         config: PersonalizeConfig,
+        watch: Callable[[Deadline], bool],
         offload: Callable[[Callable[[], None]], Future[None] | None] | None = None,
     ) -> None:
         self._transport = transport
         self._config = config
+        self._watch = watch  # the client's watchdog: each attempt is bounded as a whole
         # Runs one request's first attempt on the client's worker pool while the dispatcher
         # builds the next one (None, or a None result: send on the dispatcher itself). Only
         # while sends succeed: in an outage they stay on the dispatcher, off the fetch workers.
@@ -337,24 +108,18 @@ class EventPipeline:
         self._threads: list[threading.Thread] = []
         self._live_threads = 0
         self._started = False
-        self._carry: list[_Item] = []  # taken and given a uuid, waiting for the next request
-        self._outbox: _Outbox | None = None
+        self._carry: list[Item] = []  # taken and given a uuid, waiting for the next request
+        self._outbox: Outbox | None = None
         if config.event_store is not None:
-            self._outbox = _Outbox(config.event_store, config.event_store_max_events)
+            from ._outbox import Outbox  # sqlite3 loads only for a client with an outbox
+
+            self._outbox = Outbox(config.event_store, config.event_store_max_events)
             self._taken = self._outbox.count  # left by an earlier process: resent first
             if self._outbox.count:
                 log.info("resending %d events left in %s", self._outbox.count, self._outbox.path)
             self._start()
-        self._retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_resendable),
-            wait=self._backoff,
-            stop=self._should_give_up,
-            sleep=self._sleep,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
 
-    def after_fork(self) -> EventPipeline:
+    def after_fork(self, watch: Callable[[Deadline], bool]) -> EventPipeline:
         """The pipeline for a forked child: a new, empty queue (the parent's queued events are
         the parent's to send, never sent twice) and memory only (the outbox file belongs to the
         parent, which holds its lock)."""
@@ -370,7 +135,7 @@ class EventPipeline:
                 "events in memory",
             )
             config = attrs.evolve(config, event_store=None)
-        return EventPipeline(self._transport, config, self._offload)
+        return EventPipeline(self._transport, config, watch, self._offload)
 
     # caller side -----------------------------------------------------------------------------
 
@@ -584,7 +349,7 @@ class EventPipeline:
                 self._write.clear()
                 while self._queue:
                     records = self._take_records(1000)
-                    items, unencodable = _to_items(records, self._platform)
+                    items, unencodable = to_items(records, self._platform)
                     if unencodable:
                         self._settle(failed=unencodable)
                     try:
@@ -601,20 +366,20 @@ class EventPipeline:
             outbox.close_thread_connection()
             self._thread_done()
 
-    def _next_batch(self) -> list[_Item]:
+    def _next_batch(self) -> list[Item]:
         """One request's worth of events (limits: ``event_batch_size`` actions, 100 users,
         ~512 KiB); what does not fit waits, uuid already given, for the next request."""
         if self._outbox is not None:
-            return _fits(self._outbox.take(self._batch), self._batch)
+            return fits(self._outbox.take(self._batch), self._batch)
         items, self._carry = self._carry, []
         if len(items) < self._batch:
-            more, unencodable = _to_items(
+            more, unencodable = to_items(
                 self._take_records(self._batch - len(items)), self._platform
             )
             if unencodable:
                 self._settle(failed=unencodable)
             items.extend(more)
-        batch = _fits(items, self._batch)
+        batch = fits(items, self._batch)
         self._carry = items[len(batch) :]
         return batch
 
@@ -645,7 +410,7 @@ class EventPipeline:
         """Send what is waiting. The first attempt of up to ``MAX_IN_FLIGHT`` requests runs on
         the client's worker pool while this thread builds the next request; failures are
         retried here (with back-off), oldest first."""
-        inflight: collections.deque[tuple[Future[None], list[_Item]]] = collections.deque()
+        inflight: collections.deque[tuple[Future[None], list[Item]]] = collections.deque()
         # With an outbox the store is the queue: the next batch is read from it, so a request
         # still in flight (not yet deleted) would be read again; send one at a time then.
         offload = self._offload if self._outbox is None else None
@@ -670,7 +435,7 @@ class EventPipeline:
             while inflight:
                 self._finish(*inflight.popleft())
 
-    def _finish(self, future: Future[None], items: list[_Item]) -> bool:
+    def _finish(self, future: Future[None], items: list[Item]) -> bool:
         """Settle a request whose first attempt ran on the worker pool (retrying it here)."""
         try:
             future.result(timeout=ATTEMPT_TIMEOUT + 5)
@@ -684,14 +449,17 @@ class EventPipeline:
         self._acknowledge(items, failed=False)
         return True
 
-    def _deliver(self, items: Sequence[_Item], first: PersonalizeError | None = None) -> bool:
+    def _deliver(self, items: Sequence[Item], first: PersonalizeError | None = None) -> bool:
         """Send ``items`` (``first``: how an attempt made elsewhere failed); split on rejection.
         False when it gave up because the client closes."""
         try:
             if first is None:
-                self._retrying(self._send, items)
-            else:
-                self._retrying(self._replay_then_send, items, [first])
+                try:
+                    self._send(items)
+                except PersonalizeError as exc:
+                    first = exc
+            if first is not None:
+                self._retry(first, items)
         except HTTPStatusError as exc:
             if exc.status_code not in _REJECTED:
                 return self._give_up(items, exc)
@@ -713,57 +481,58 @@ class EventPipeline:
         self._acknowledge(items, failed=False)
         return True
 
-    def _replay_then_send(self, items: Sequence[_Item], first: list[PersonalizeError]) -> None:
-        if first:
-            raise first.pop()  # tenacity sees the failed first attempt as its own
-        self._send(items)
+    def _retry(self, first: PersonalizeError, items: Sequence[Item]) -> None:
+        """Retry a failed send with the events' RetryPolicy (tenacity, loaded on the first
+        failure) until delivered, rejected, or given up because the client closes."""
+        from . import _retry
 
-    def _send(self, items: Sequence[_Item]) -> None:
+        if not _resendable(first):
+            raise first
+        retrying = _retry.events_retrying(
+            self._config.event_retry,
+            self._sleep,
+            _resendable,
+            self._should_give_up,
+            self._before_sleep,
+        )
+        retrying(_retry.replaying(first, self._send), items)
+
+    def _send(self, items: Sequence[Item]) -> None:
         timeout = ATTEMPT_TIMEOUT
         if self._give_up_at is not None:
             timeout = max(0.05, min(timeout, self._give_up_at - time.monotonic()))
-        self._transport.send_once(
-            "POST",
-            EVENTS_PATH,
-            _body(items),
-            time.monotonic() + timeout,
-            what="sending events",
-            budget=timeout,
-        )
+        deadline = Deadline(timeout, "attempt timeout")
+        self._watch(deadline)
+        try:
+            self._transport.send_once(
+                "POST", EVENTS_PATH, body(items), deadline, what="sending events"
+            )
+        finally:
+            deadline.done = True
 
-    def _acknowledge(self, items: Sequence[_Item], *, failed: bool) -> None:
+    def _acknowledge(self, items: Sequence[Item], *, failed: bool) -> None:
         if self._outbox is not None:
             try:
                 self._outbox.remove(items)
-            except sqlite3.Error as exc:  # they will be sent again; the service de-duplicates
+            except Exception as exc:  # sqlite3.Error: sent again; the service de-duplicates
                 log.error("moengage-personalize: updating the event store failed: %s", exc)
         if failed:
             self._settle(failed=len(items))
         else:
             self._settle(sent=len(items))
 
-    def _give_up(self, items: Sequence[_Item], exc: PersonalizeError) -> bool:
+    def _give_up(self, items: Sequence[Item], exc: PersonalizeError) -> bool:
         """The client is closing and its deadline passed: stop (the outbox keeps the events)."""
         log.info("moengage-personalize: giving up sending %d events: %s", len(items), exc.message)
         if self._outbox is None:
             self._settle(dropped=len(items), cause=DROP_UNDELIVERED)
         return False
 
-    # retry policy (tenacity) -----------------------------------------------------------------
+    # retries (_retry) -----------------------------------------------------------------------
 
-    def _backoff(self, state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        cap = self._config.event_retry_max_backoff
-        if isinstance(exc, HTTPStatusError) and exc.retry_after is not None:
-            return min(exc.retry_after, cap)  # a huge Retry-After must not stall delivery
-        backoff = min(cap, INITIAL_BACKOFF * 2 ** min(state.attempt_number - 1, 30))
-        return random.uniform(backoff / 2, backoff)  # noqa: S311
-
-    def _should_give_up(self, state: tenacity.RetryCallState) -> bool:
+    def _should_give_up(self, wait: float) -> bool:
         give_up_at = self._give_up_at
-        if give_up_at is None:
-            return False
-        return time.monotonic() + (state.upcoming_sleep or 0.0) >= give_up_at
+        return give_up_at is not None and time.monotonic() + wait >= give_up_at
 
     def _sleep(self, seconds: float) -> None:
         if self._config.sleep is not time.sleep:  # injected (tests): never really wait
@@ -773,16 +542,15 @@ class EventPipeline:
         if not self._stopping:
             self._interrupt.clear()  # woken by a flush: one attempt now, then back-off again
 
-    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
-        items: Sequence[_Item] = state.args[0]
+    def _before_sleep(self, args: Any, wait: float, error: BaseException | None) -> None:
+        items: Sequence[Item] = args[0]
         with self._progress:
             self._retried += len(items)
-        exc = state.outcome.exception() if state.outcome else None
         log.info(
             "moengage-personalize: sending %d events failed (%s); retrying in %.2f s",
             len(items),
-            exc,
-            state.upcoming_sleep,
+            error,
+            wait,
         )
 
 
@@ -792,57 +560,12 @@ def _resendable(exc: BaseException) -> bool:
     return isinstance(exc, PersonalizeError)
 
 
-# building records from the public calls ---------------------------------------------------------
-
-
-def campaign_context(campaign: object, name: str) -> tuple[Mapping[str, Any], User | None]:
-    """The attribution and fetch-time user of ``campaign`` (an ExperienceCampaign, or a mapping
-    with ``experience_context`` re-read from the app's own cache)."""
-    if isinstance(campaign, ExperienceCampaign):
-        return check_context(campaign.experience_context, name), campaign.user
-    if isinstance(campaign, Mapping) and "experience_context" in campaign:
-        context = check_context(campaign["experience_context"], name)
-        if not all(type(k) is str for k in context):  # JSON-decoded contexts always pass
-            raise TypeError(f"{name}.experience_context keys must all be str")
-        return context, None
-    raise TypeError(
-        f"{name} must be an ExperienceCampaign from this SDK (or a mapping with its "
-        f"experience_context), not {type(campaign).__name__}"
-    )
-
-
-def resolve_user(fetched: User | None, override: User | None, name: str) -> tuple[str, int | None]:
-    """The customer id and timezone offset to send: ``user=`` wins over the fetch's user."""
-    user = override if override is not None else fetched
-    if user is None or user.customer_id is None:
-        raise ValueError(
-            f"{name} was fetched without a customer id; pass user= with one (for an anonymous "
-            "visitor, a session identifier): the events API needs a customer_id"
-        )
-    offset = user.timezone_offset
-    if offset is None and fetched is not None and fetched.customer_id == user.customer_id:
-        offset = fetched.timezone_offset
-    return user.customer_id, offset
-
-
-def offering_attribution(
-    offering: object, campaign: object | None, name: str
-) -> tuple[Mapping[str, Any], object]:
-    """An offering's attribution (``dp_offering_id`` + ``offering_context``) and its campaign."""
-    if not isinstance(offering, Mapping):
-        raise TypeError(
-            f"{name} must be an offering dict as returned, not {type(offering).__name__}"
-        )
-    offering_id = offering.get("dp_offering_id")
-    context = offering.get("offering_context")
-    if offering_id is None or (isinstance(offering_id, str) and not offering_id):
-        raise ValueError(f"{name} has no dp_offering_id: it cannot be attributed")
-    if not isinstance(context, Mapping):
-        raise ValueError(f"{name} has no offering_context object: it cannot be attributed")
-    if campaign is None:
-        campaign = offering.campaign if isinstance(offering, Offering) else None
-        if campaign is None:
-            raise ValueError(
-                f"{name} is a plain dict: pass campaign= (the campaign whose payload carried it)"
-            )
-    return {**context, "dp_offering_id": offering_id}, campaign
+__all__ = [
+    "ACTION_CLICKED",
+    "ACTION_SHOWN",
+    "EventPipeline",
+    "EventRecord",
+    "campaign_context",
+    "offering_attribution",
+    "resolve_user",
+]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 from ._config import CircuitBreakerPolicy
+from ._deadline import Deadline
 from .exceptions import (
     DeadlineExceededError,
     ErrorCode,
@@ -134,6 +135,12 @@ class CircuitBreaker:
         self._trial_running = False
         self.opened = Counter()
 
+    def inconclusive(self) -> None:
+        """The call said nothing of the service (it raised something unforeseen, or was
+        interrupted): a half-open trial ends, and the next call becomes the trial."""
+        with self._lock:
+            self._trial_running = False
+
     def success(self) -> None:
         with self._lock:
             self._failures = 0
@@ -182,9 +189,7 @@ class SingleFlight:
         self._calls: dict[Hashable, _Call] = {}
         self.coalesced = Counter()
 
-    def do(
-        self, key: Hashable, fn: Callable[[], T], deadline: float, timeout: float
-    ) -> tuple[T, bool]:
+    def do(self, key: Hashable, fn: Callable[[], T], deadline: Deadline) -> tuple[T, bool]:
         """Run ``fn`` or wait for the identical call already running; (result, shared)."""
         with self._lock:
             call = self._calls.get(key)
@@ -202,10 +207,10 @@ class SingleFlight:
                 call.done.release()
         else:
             self.coalesced.add()
-            if not call.done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            if not call.done.acquire(timeout=max(0.0, deadline.remaining())):
                 raise DeadlineExceededError(
-                    f"waiting for an identical request in flight did not complete within the "
-                    f"deadline of {timeout:g} s (config.timeout)"
+                    f"waiting for an identical request in flight did not complete within "
+                    f"{deadline.describe()}"
                 )
             call.done.release()  # let the next follower through
         if call.error is not None:

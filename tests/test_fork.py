@@ -100,16 +100,23 @@ def test_many_children_each_get_a_working_client(with_meta: HTTPServer, base_url
 def test_injected_session_is_kept_and_warned_about_after_fork(
     with_meta: HTTPServer, base_url: str
 ) -> None:
-    """An injected session stays the caller's in the child (it still works), with a warning."""
+    """An injected session whose adapter carries the calls stays the caller's in the child (it
+    still works), with a warning."""
     import io
     import logging
 
     import requests
+    import requests.adapters
+
+    class Adapter(requests.adapters.HTTPAdapter):
+        def send(self, *args: object, **kwargs: object) -> requests.Response:
+            return super().send(*args, **kwargs)  # type: ignore[arg-type]
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     logger = logging.getLogger("moengage_personalize")
     session = requests.Session()
+    session.mount("http://", Adapter())
     with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, session=session) as c:
         c.fetch_experiences_meta().result(FUTURE_TIMEOUT)
         read, write = os.pipe()

@@ -1,6 +1,5 @@
-"""Where a fetch runs: on the thread that waits for it in ``result()``, or on a worker as soon as
-anything else waits for it (callbacks, ``wait``/``as_completed``, asyncio, a short timeout, the
-same thread's next fetch), or after a short grace period when nothing waits for it at all."""
+"""Where a fetch runs: every fetch starts on a worker at once (one place), whatever waits for
+it; identical fetches in flight share one request and hold no thread while they wait."""
 
 from __future__ import annotations
 
@@ -8,6 +7,7 @@ import asyncio
 import concurrent.futures
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -16,31 +16,27 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-import moengage_personalize._client as client_module
 from moengage_personalize import (
-    ErrorCode,
     ExperienceCampaignsResult,
     MoEngagePersonalize,
     PersonalizeConfig,
-    PersonalizeError,
+    User,
 )
 
-from support import API_KEY, APP_ID, FUTURE_TIMEOUT, requests_to, served, wait_for
+from support import API_KEY, APP_ID, FUTURE_TIMEOUT, requests_to, served
 
 FETCH = "/v1/experiences/fetch"
 
 
 class CountingExecutor(ThreadPoolExecutor):
-    """A worker pool that counts the calls handed to it (not the other work it gets, such as
-    opening a connection for a caller that runs its own call)."""
+    """A worker pool that counts what it is handed."""
 
-    def __init__(self) -> None:
-        super().__init__(2, thread_name_prefix="counted")
+    def __init__(self, workers: int = 2) -> None:
+        super().__init__(workers, thread_name_prefix="counted")
         self.submitted = 0
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        if getattr(fn, "__name__", None) == "_run":
-            self.submitted += 1
+        self.submitted += 1
         return super().submit(fn, *args, **kwargs)
 
 
@@ -62,228 +58,159 @@ def counted(
         yield client
 
 
-@pytest.fixture(autouse=True)
-def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Calls nobody waits for are not started by the deadline thread within a test (on a loaded
-    machine the few milliseconds between a fetch and its result() could otherwise pass)."""
-    monkeypatch.setattr(client_module, "_GRACE", 60.0)
+@pytest.fixture
+def threaded() -> Iterator[HTTPServer]:
+    """A server that answers requests side by side (with the metadata loaded)."""
+    server = HTTPServer(host="127.0.0.1", threaded=True)
+    server.start()
+    server.expect_request("/v1/experiences/metadata").respond_with_json(
+        {"metadata": {"count": 1, "experiences": [META_ENTRY]}}
+    )
+    try:
+        yield server
+    finally:
+        server.clear()
+        server.stop()
 
 
-def fetch(client: MoEngagePersonalize) -> Future[ExperienceCampaignsResult]:
-    return client.fetch_experience("homepage-banner", user="u1")
+META_ENTRY = {
+    "experience_key": "homepage-banner",
+    "experience_name": "Homepage Banner",
+    "status": "Active",
+}
 
 
-def test_result_runs_the_call_on_the_waiting_thread(
-    counted: MoEngagePersonalize, pool: CountingExecutor
-) -> None:
-    """fetch(...).result(): the caller's thread runs the call; no worker is handed it."""
+def fetch(client: MoEngagePersonalize, user: str = "u1") -> Future[ExperienceCampaignsResult]:
+    return client.fetch_experience("homepage-banner", user=user)
+
+
+def test_a_fetch_starts_on_a_worker_at_once(counted: MoEngagePersonalize) -> None:
+    """The call is handed to the executor when the fetch is made, before anything waits."""
     future = fetch(counted)
-    result = future.result(FUTURE_TIMEOUT)
-    assert result.experiences[0].experience_key == "homepage-banner"
-    assert pool.submitted == 0
-    assert future.exception(0) is None
+    assert counted._executor.submitted == 1  # type: ignore[attr-defined]
+    assert future.result(FUTURE_TIMEOUT).experiences[0].experience_key == "homepage-banner"
 
 
-@pytest.mark.parametrize(
-    "wait",
-    [
-        pytest.param(lambda f: _callback_wait(f), id="add_done_callback"),
-        pytest.param(
-            lambda f: concurrent.futures.wait([f], FUTURE_TIMEOUT).done and f.result(0),
-            id="wait",
-        ),
-        pytest.param(
-            lambda f: next(concurrent.futures.as_completed([f], FUTURE_TIMEOUT)).result(0),
-            id="as_completed",
-        ),
-        pytest.param(lambda f: asyncio.run(_await(f)), id="asyncio.wrap_future"),
-    ],
-)
-def test_other_ways_of_waiting_start_the_call_on_a_worker_at_once(
-    counted: MoEngagePersonalize,
-    pool: CountingExecutor,
-    wait: Callable[[Future[ExperienceCampaignsResult]], Any],
-) -> None:
-    """Waiting without result() hands the call to a worker at once (the grace period is a
-    minute here, so only the waiting itself can have started it)."""
+def test_a_call_nobody_waits_for_still_completes(counted: MoEngagePersonalize) -> None:
+    """No result(), no callback: the Future completes by itself."""
     future = fetch(counted)
-    assert not future.done()
-    wait(future)
+    concurrent.futures.wait([future], timeout=FUTURE_TIMEOUT)
     assert future.done()
-    assert future.result(0).experiences[0].experience_key == "homepage-banner"
-    assert pool.submitted == 1
+    assert future.exception() is None
 
 
-def _callback_wait(future: Future[Any]) -> None:
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    assert done.wait(FUTURE_TIMEOUT)
+@pytest.mark.parametrize("how", ["add_done_callback", "wait", "as_completed", "wrap_future"])
+def test_every_way_of_waiting_gets_the_result(counted: MoEngagePersonalize, how: str) -> None:
+    """Callbacks, concurrent.futures.wait/as_completed and asyncio see the completed call."""
+    future = fetch(counted)
+    if how == "add_done_callback":
+        seen = threading.Event()
+        future.add_done_callback(lambda _f: seen.set())
+        assert seen.wait(FUTURE_TIMEOUT)
+    elif how == "wait":
+        done, _ = concurrent.futures.wait([future], timeout=FUTURE_TIMEOUT)
+        assert future in done
+    elif how == "as_completed":
+        assert list(concurrent.futures.as_completed([future], timeout=FUTURE_TIMEOUT)) == [future]
+    else:
+
+        async def main() -> ExperienceCampaignsResult:
+            return await asyncio.wait_for(asyncio.wrap_future(future), FUTURE_TIMEOUT)
+
+        assert asyncio.run(main()).experiences
+    assert future.result(0).experiences
 
 
-async def _await(future: Future[Any]) -> Any:
-    return await asyncio.wait_for(asyncio.wrap_future(future), FUTURE_TIMEOUT)
+def test_fan_out_runs_distinct_calls_side_by_side(threaded: HTTPServer) -> None:
+    """Fetches for distinct users started together overlap on the workers."""
+    gate = threading.Barrier(3, timeout=FUTURE_TIMEOUT)
+
+    def answer(_request: Request) -> Response:
+        gate.wait()  # only passes when three requests are in flight at once
+        return Response(json.dumps(served("homepage-banner")), content_type="application/json")
+
+    threaded.expect_request(FETCH).respond_with_handler(answer)
+    base_url = threaded.url_for("/v1")
+    config = PersonalizeConfig(max_workers=3, timeout=FUTURE_TIMEOUT)
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config) as client:
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        futures = [fetch(client, f"u{i}") for i in range(3)]
+        for future in futures:
+            assert future.result(FUTURE_TIMEOUT).experiences
 
 
-def test_result_with_a_timeout_shorter_than_the_deadline_hands_the_call_to_a_worker(
-    with_meta: HTTPServer, base_url: str, pool: CountingExecutor
+def test_identical_fetches_share_one_request_and_hold_no_thread(threaded: HTTPServer) -> None:
+    """20 identical fetches from one thread against a service taking 0.5 s, two workers: one
+    request, every Future done in about the service's time, and the second worker stays free
+    for another user's fetch meanwhile."""
+
+    def slow(_request: Request) -> Response:
+        time.sleep(0.5)
+        return Response(json.dumps(served("homepage-banner")), content_type="application/json")
+
+    threaded.expect_request(FETCH).respond_with_handler(slow)
+    base_url = threaded.url_for("/v1")
+    config = PersonalizeConfig(max_workers=2, timeout=FUTURE_TIMEOUT)
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config) as client:
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        start = time.monotonic()
+        same = [fetch(client) for _ in range(20)]
+        other = fetch(client, "someone-else")
+        results = [f.result(FUTURE_TIMEOUT) for f in same]
+        other.result(FUTURE_TIMEOUT)
+        elapsed = time.monotonic() - start
+        assert client.stats().coalesced >= 19
+    assert elapsed < 1.4  # two requests side by side, not 20 (or 10) one after another
+    assert len(requests_to(threaded, FETCH)) == 2
+    assert all(r.experiences[0].experience_key == "homepage-banner" for r in results)
+    results[0].experiences.clear()  # each caller's result is its own to change
+    assert results[1].experiences
+
+
+def test_a_cancelled_leader_does_not_cancel_the_calls_that_joined_it(
+    with_meta: HTTPServer, base_url: str
 ) -> None:
-    """result(0.01) must return within its timeout, so it does not run the call itself."""
-    gate = threading.Event()
+    """Cancelling the first of identical queued fetches leaves the others to run."""
+    release = threading.Event()
 
     def held(_request: Request) -> Response:
-        gate.wait(FUTURE_TIMEOUT)
+        release.wait(FUTURE_TIMEOUT)
         return Response(json.dumps(served("homepage-banner")), content_type="application/json")
 
     with_meta.expect_request(FETCH).respond_with_handler(held)
-    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, executor=pool) as client:
-        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
-        pool.submitted = 0
-        future = fetch(client)
-        with pytest.raises(concurrent.futures.TimeoutError):
-            future.result(0.01)
-        assert pool.submitted == 1
-        gate.set()
-        assert future.result(FUTURE_TIMEOUT).experiences
-
-
-def test_a_call_nobody_waits_for_still_runs(
-    with_meta: HTTPServer, base_url: str, pool: CountingExecutor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Fire and forget (warming the cache, say): a worker runs it after the grace period."""
-    monkeypatch.setattr(client_module, "_GRACE", 0.005)
-    with_meta.expect_request(FETCH).respond_with_json(served("homepage-banner"))
-    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, executor=pool) as client:
-        future = fetch(client)
-        assert wait_for(lambda: bool(requests_to(with_meta, FETCH)))
-        assert wait_for(future.done)
-        assert pool.submitted >= 1
-        assert future.result(0).experiences
-
-
-def test_fan_out_runs_the_calls_side_by_side(
-    counted: MoEngagePersonalize, pool: CountingExecutor
-) -> None:
-    """Several fetches, then their results: each later fetch hands the earlier one to a worker
-    and the first result() hands over the last, so they do not run one after another."""
-    futures = [fetch(counted) for _ in range(3)]
-    assert pool.submitted == 2
-    results = [f.result(FUTURE_TIMEOUT) for f in futures]
-    assert pool.submitted == 3
-    assert all(r.experiences for r in results)
-
-
-def test_callers_beyond_the_limit_hand_their_call_to_a_worker(
-    counted: MoEngagePersonalize, pool: CountingExecutor
-) -> None:
-    """At most 3 x max_workers callers run their own call at once; the next one waits for a
-    worker instead (here no slot is left)."""
-    slots = counted._callers
-    taken = list(slots)
-    slots.clear()
-    try:
-        assert fetch(counted).result(FUTURE_TIMEOUT).experiences
-        assert pool.submitted == 1
-    finally:
-        slots.extend(taken)
-    assert fetch(counted).result(FUTURE_TIMEOUT).experiences
-    assert pool.submitted == 1
-
-
-def test_an_injected_session_keeps_calls_on_the_workers(
-    with_meta: HTTPServer, base_url: str, pool: CountingExecutor
-) -> None:
-    """With an injected requests.Session (its connections are the caller's, not guarded), every
-    call runs on a worker."""
-    import requests
-
-    with_meta.expect_request(FETCH).respond_with_json(served("homepage-banner"))
-    with (
-        requests.Session() as session,
-        MoEngagePersonalize(
-            APP_ID, api_key=API_KEY, base_url=base_url, executor=pool, session=session
-        ) as client,
-    ):
-        assert fetch(client).result(FUTURE_TIMEOUT).experiences
-        assert pool.submitted >= 1
-
-
-def test_connection_pool_has_room_for_workers_callers_and_the_dispatcher(
-    base_url: str,
-) -> None:
-    """No connection is ever discarded: the pool holds one per worker, per caller that may run
-    its own call (3 per worker) and one for the event dispatcher."""
-    config = PersonalizeConfig(max_workers=2)
+    config = PersonalizeConfig(max_workers=1, timeout=FUTURE_TIMEOUT)
     with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config) as client:
-        assert len(client._callers) == 6
-        adapter = client._transport._session.get_adapter(base_url)
-        assert adapter._pool_maxsize == 9  # type: ignore[attr-defined]
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        busy = fetch(client, "occupies-the-worker")
+        leader = fetch(client)
+        follower = fetch(client)
+        assert leader.cancel()
+        release.set()
+        assert follower.result(FUTURE_TIMEOUT).experiences
+        assert busy.result(FUTURE_TIMEOUT).experiences
 
 
-def test_ctrl_c_while_the_caller_runs_its_call_reaches_the_caller(
-    counted: MoEngagePersonalize, monkeypatch: pytest.MonkeyPatch
+def test_a_user_object_and_its_customer_id_string_are_the_same_call(
+    counted: MoEngagePersonalize,
 ) -> None:
-    """KeyboardInterrupt inside a call run in result() is raised to the caller (not turned into
-    a PersonalizeError), and the Future still completes for anyone else waiting on it."""
-
-    def interrupted(*_args: Any) -> Any:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(counted._core, "fetch", interrupted)
-    future = fetch(counted)
-    with pytest.raises(KeyboardInterrupt):
-        future.result(FUTURE_TIMEOUT)
-    error = future.exception(0)
-    assert isinstance(error, PersonalizeError)
-    assert error.code is ErrorCode.UNKNOWN
+    """Coalescing keys on what is sent: User(customer_id="u1") and "u1" name the same user."""
+    first = counted.fetch_experience("homepage-banner", user=User(customer_id="u1"))
+    second = counted.fetch_experience("homepage-banner", user="u1")
+    assert first.result(FUTURE_TIMEOUT).experiences
+    assert second.result(FUTURE_TIMEOUT).experiences
 
 
-def test_a_caller_running_its_call_connects_even_when_every_worker_is_busy(
-    with_meta: HTTPServer, base_url: str
+def test_result_inside_a_callback_of_another_fetch_completes(
+    counted: MoEngagePersonalize,
 ) -> None:
-    """The caller's connect runs on a thread of its own, never queued behind the workers (which
-    may all be waiting for this very caller)."""
-    with_meta.expect_request(FETCH).respond_with_json(served("homepage-banner"))
-    gate = threading.Event()
-    config = PersonalizeConfig(max_workers=1, timeout=2)
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(gate.wait, FUTURE_TIMEOUT)  # the only worker is busy
-        client = MoEngagePersonalize(
-            APP_ID, api_key=API_KEY, base_url=base_url, executor=pool, config=config
-        )
-        try:
-            result = client.fetch_experience("homepage-banner", user="u1").result(FUTURE_TIMEOUT)
-            assert result.experiences[0].experience_key == "homepage-banner"
-        finally:
-            gate.set()
-            client.close()
-
-
-def test_a_callback_waiting_on_the_deadline_thread_does_not_run_a_call_there(
-    counted: MoEngagePersonalize, pool: CountingExecutor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A done-callback run by the deadline thread (a call's deadline passed) that waits for
-    another call hands that call to a worker instead of running it on the deadline thread."""
-    ran_on: list[str] = []
-    original = counted._core.fetch
-
-    def recording(*args: Any) -> Any:
-        ran_on.append(threading.current_thread().name)
-        return original(*args)
-
-    monkeypatch.setattr(counted._core, "fetch", recording)
-    other = fetch(counted)
-    expired = client_module._Pending[Any](0.0)  # a Future whose deadline has passed
-    assert counted._deadlines.add(0.0, expired, "a test call")
-    got: list[Any] = []
+    """A callback (on the thread that completed the first Future) may wait for another fetch."""
+    got: list[ExperienceCampaignsResult] = []
     done = threading.Event()
 
-    def callback(_f: Any) -> None:
-        got.append(other.result(FUTURE_TIMEOUT))
+    def then(_f: Future[ExperienceCampaignsResult]) -> None:
+        got.append(fetch(counted, "u2").result(FUTURE_TIMEOUT))
         done.set()
 
-    expired.add_done_callback(callback)
+    fetch(counted).add_done_callback(then)
     assert done.wait(FUTURE_TIMEOUT)
     assert got[0].experiences
-    assert ran_on
-    assert not ran_on[0].endswith("deadline")
-    assert pool.submitted == 1

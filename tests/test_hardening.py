@@ -12,7 +12,6 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 import moengage_personalize
-import moengage_personalize._client as client_module
 from moengage_personalize import (
     CircuitBreakerPolicy,
     DataSource,
@@ -311,7 +310,6 @@ def test_on_error_hook_sees_errors_and_its_exceptions_are_contained(
 ) -> None:
     """config.on_error gets each error handed to a caller, on the thread where it surfaced; an
     exception inside the hook is logged and swallowed."""
-    monkeypatch.setattr(client_module, "_GRACE", 60.0)  # the call waits for exception() below
     seen: list[tuple[str, str]] = []
 
     def hook(error: PersonalizeError) -> None:
@@ -324,8 +322,7 @@ def test_on_error_hook_sees_errors_and_its_exceptions_are_contained(
         assert isinstance(err, PersonalizeError)
     client.fetch_experiences_meta()  # closed: fails on this thread
     assert seen[0][0] == "HTTP_ERROR"
-    # exception() came before a worker started the call, so this thread ran it
-    assert seen[0][1] == threading.current_thread().name
+    assert seen[0][1].startswith("moengage-personalize")  # the worker that ran the call
     assert seen[1] == ("SDK_NOT_INITIALIZED", threading.current_thread().name)
     assert "on_error raised" in caplog.text
 
@@ -385,3 +382,28 @@ def test_retry_policy_and_breaker_work_together(
         assert client.stats().circuit_state == "closed"
         client.fetch_experience("cart-upsell").exception(FUTURE_TIMEOUT)
         assert client.stats().circuit_state == "open"
+
+
+def test_a_half_open_trial_ends_whatever_it_raises(
+    with_meta: HTTPServer, base_url: str, sleeps: Sleeps
+) -> None:
+    """A trial call that raises something unforeseen (here a KeyboardInterrupt from inside the
+    request) ends the trial: the next fetch becomes the trial and reaches the healthy service,
+    instead of failing fast with "circuit breaker is open" for the client's life."""
+    from moengage_personalize import CircuitBreakerPolicy
+
+    policy = CircuitBreakerPolicy(failure_threshold=1, cool_down=0.0)
+    config = PersonalizeConfig(
+        circuit_breaker=policy, sleep=sleeps, retry=RetryPolicy(max_attempts=1)
+    )
+    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config) as client:
+        breaker = client._core.breaker
+        assert breaker is not None
+        from moengage_personalize.exceptions import NetworkError
+
+        breaker.failure(NetworkError("down"))  # open; the cool-down of 0 s has passed
+        assert breaker.check() is None  # this caller holds the trial ...
+        breaker.inconclusive()  # ... and it raised something unforeseen
+        meta = client.fetch_experiences_meta().result(FUTURE_TIMEOUT)  # the next trial runs
+        assert meta.experiences
+        assert client.stats().circuit_state == "closed"

@@ -152,7 +152,8 @@ def test_close_fails_queued_calls_and_bounds_running_ones(
     client = MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config)
     running = client.fetch_experiences_meta()
     time.sleep(0.1)
-    queued = [client.fetch_experiences_meta() for _ in range(3)]
+    # distinct calls (identical ones would share the running call instead of queueing)
+    queued = [client.fetch_experiences_meta([s]) for s in ("active", "paused", "scheduled")]
     start = time.monotonic()
     client.close(timeout=0.2)
     elapsed = time.monotonic() - start

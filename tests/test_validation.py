@@ -217,3 +217,42 @@ def test_api_key_not_in_reprs() -> None:
         assert "very-secret-key" not in repr(client)
         assert "very-secret-key" not in repr(vars(client))
         assert re.search(r"app_id='WORKSPACE1'", repr(client))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda c: c.fetch_experience("news\udcff"), "experience_key"),
+        (lambda c: c.fetch_experiences(["a", "b\ud800"]), r"experience_keys\[1\]"),
+        (
+            lambda c: c.fetch_experience("a", attributes={"current_page": "news\udcff"}),
+            r"attributes\['current_page'\]",
+        ),
+        (lambda c: c.fetch_experience("a", attributes={"p\ud800": "x"}), "attributes key"),
+        (lambda c: c.fetch_experience("a", user="bad\ud800id"), "user"),
+        (lambda c: c.fetch_experience("a", user=User(customer_id="u\udcff")), "customer_id"),
+        (
+            lambda c: c.fetch_experience("a", user=User(user_identifiers={"u_em": "\udcff"})),
+            "user_identifiers",
+        ),
+        (lambda c: c.fetch_experience("a", user=User(ip_address="1.2.3.4\ud800")), "ip_address"),
+        (lambda c: c.fetch_experience("a", user=User(user_agent="UA\udcff")), "user_agent"),
+    ],
+)
+def test_strings_that_cannot_be_sent_are_refused_at_the_call(
+    httpserver: HTTPServer, base_url: str, call: Any, match: str
+) -> None:
+    """A lone surrogate (what os.fsdecode makes of undecodable bytes) cannot be encoded as
+    UTF-8: ValueError naming the argument, at the call; nothing is sent."""
+    with (
+        MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url) as client,
+        pytest.raises(ValueError, match=match),
+    ):
+        call(client)
+    assert list(httpserver.log) == []
+
+
+def test_non_ascii_text_that_can_be_sent_is_accepted() -> None:
+    """Only unencodable text is refused: accents, CJK and emoji are fine."""
+    user = User(customer_id="zoë-用户-🙂", user_agent="Mozilla/5.0 (ü)")
+    assert user.customer_id == "zoë-用户-🙂"

@@ -45,9 +45,18 @@ STAYS_SYNC = {
 }
 
 
+def members(cls: type) -> dict[str, object]:
+    """What the class defines, its own bases' (the tracking calls' mixin) included."""
+    out: dict[str, object] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        out.update(vars(klass))
+    return out
+
+
 def public_names(cls: type) -> set[str]:
-    return {n for n in vars(cls) if not n.startswith("_")} | {
-        n for n in ("__enter__", "__exit__", "__aenter__", "__aexit__") if n in vars(cls)
+    names = members(cls)
+    return {n for n in names if not n.startswith("_")} | {
+        n for n in ("__enter__", "__exit__", "__aenter__", "__aexit__") if n in names
     }
 
 
@@ -77,7 +86,7 @@ def test_every_sync_public_name_has_its_async_twin() -> None:
 
 def test_twins_take_the_same_parameters() -> None:
     """A twin has the same parameter names, kinds and defaults as the sync method."""
-    for name, sync_attr in vars(MoEngagePersonalize).items():
+    for name, sync_attr in members(MoEngagePersonalize).items():
         if name in SYNC_ONLY or not callable(sync_attr) or name.startswith("_"):
             continue
         twin = getattr(AsyncMoEngagePersonalize, RENAMED.get(name, name))

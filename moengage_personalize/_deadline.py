@@ -1,0 +1,169 @@
+"""One call's deadline, and the one thread that enforces every deadline of a client.
+
+A :class:`Deadline` is made by whoever starts a call (the facade for a fetch, the event dispatcher
+for an events attempt) and passed explicitly down to the transport. The transport attaches the
+connection it is using; when the deadline passes, the :class:`Watchdog` expires it: the socket is
+shut down (so the thread blocked on it returns at once, whatever the server does) and
+``on_expire`` runs (the facade fails the caller's Future there). Sockets are blocking between
+those two points: no per-read timeout, no poll before each read.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("moengage_personalize")
+
+
+class Deadline:
+    """When a call must be over (a ``time.monotonic()`` value), and what to stop when it is.
+
+    ``budget`` and ``name`` only word the error (``"3 s (config.timeout)"``).
+    """
+
+    __slots__ = ("_conn", "_lock", "at", "budget", "done", "expired", "name", "on_expire")
+
+    def __init__(
+        self,
+        budget: float,
+        name: str = "config.timeout",
+        on_expire: Callable[[], None] | None = None,
+    ) -> None:
+        self.at = time.monotonic() + budget
+        self.budget = budget
+        self.name = name
+        self.on_expire = on_expire
+        self.expired = False
+        self.done = False  # set by the call's owner when it ends: the watchdog forgets it
+        self._conn: Any = None  # an http.client connection, while the call uses it
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def describe(self) -> str:
+        return f"its deadline of {self.budget:g} s ({self.name})"
+
+    def attach(self, conn: Any) -> bool:
+        """``conn`` carries the call from now on; False if the deadline passed already."""
+        with self._lock:
+            if self.expired:
+                return False
+            self._conn = conn
+            return True
+
+    def detach(self) -> None:
+        """The call is done with its connection (before the connection serves anybody else)."""
+        with self._lock:
+            self._conn = None
+
+    def expire(self) -> None:
+        """Stop the call: shut its socket down (never raises), then run ``on_expire``."""
+        with self._lock:
+            self.expired = True
+            sock = getattr(self._conn, "sock", None)
+            if sock is not None:
+                # socket.socket's own shutdown: an SSLSocket's would drop its TLS state under
+                # the reading thread's feet; closed meanwhile: nothing left to stop
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        callback = self.on_expire
+        if callback is not None:
+            self.on_expire = None
+            callback()
+
+
+_Entry = tuple[float, int, Deadline]
+
+
+class Watchdog:
+    """Expires deadlines on time, on a thread of its own (started with the first one).
+
+    Callers never take its lock on the common path: :meth:`watch` appends to an inbox (atomic)
+    and wakes the thread only when it would otherwise sleep past the new deadline. A call that
+    ended only sets ``deadline.done``: the thread drops such entries when it next wakes.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inbox: collections.deque[_Entry] = collections.deque()
+        self._heap: list[_Entry] = []  # the thread's own
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._wake_at = math.inf  # when the thread next wakes by itself; -inf while awake
+
+    def watch(self, deadline: Deadline) -> bool:
+        """Expire ``deadline`` when it passes; False once stopped (then nobody will)."""
+        if self._stopped:
+            return False
+        if self._thread is None:
+            self._start()
+        self._inbox.append((deadline.at, next(self._seq), deadline))
+        if self._wake_at > deadline.at:
+            with self._cond:
+                self._cond.notify()
+        return not self._stopped
+
+    def _start(self) -> None:
+        with self._cond:
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(
+                    target=self._run, name="moengage-personalize-deadline", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if self._watch():
+                    return
+            except Exception:  # a bug here must not end every deadline: log it, go on
+                log.exception("moengage-personalize: the deadline thread failed; going on")
+
+    def _watch(self) -> bool:
+        """Expire deadlines as they pass until stopped (True)."""
+        expired: list[Deadline] = []
+        heap, inbox = self._heap, self._inbox
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    self._wake_at = -math.inf
+                    while inbox:
+                        entry = inbox.popleft()
+                        if not entry[2].done:  # most calls end before the thread looks
+                            heapq.heappush(heap, entry)
+                    now = time.monotonic()
+                    while heap and (heap[0][0] <= now or heap[0][2].done):
+                        deadline = heapq.heappop(heap)[2]
+                        if not deadline.done:
+                            expired.append(deadline)
+                    if expired:
+                        break
+                    self._wake_at = heap[0][0] if heap else math.inf
+                    if inbox:  # arrived meanwhile; its caller may have seen -inf
+                        continue
+                    self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
+                if self._stopped:
+                    return True
+            for deadline in expired:  # outside the lock: callbacks may take a while
+                deadline.expire()
+            expired.clear()

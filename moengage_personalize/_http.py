@@ -1,0 +1,655 @@
+"""HTTP transport: one request in, one answer (or one PersonalizeError) out, within a deadline.
+
+``Transport.request`` sends a JSON request with retries (``_retry``, loaded on the first failure)
+and returns the decoded JSON answer; ``Transport.send_once`` makes one attempt for callers with
+retry rules of their own (events). Everything ``http.client``, ``ssl``, ``socket`` or ``requests``
+may raise becomes a :class:`PersonalizeError` in :func:`_failure`, the one error boundary.
+
+Two ways to the service, chosen once per client:
+
+* **direct** (the default, and an injected session whose settings need nothing more): a small
+  pool of ``http.client`` connections, the leanest public HTTP client in the standard library.
+  TLS uses the session's ``verify`` and ``cert`` (certifi's CA bundle by default, as requests).
+  Sockets block without a timeout once connected: the call's :class:`Deadline` shuts the socket
+  down when it passes, so a read never outlives the deadline and needs no poll first.
+* **through requests**: an injected session that routes the base URL through a proxy or a
+  mounted adapter of its own gets every request through ``adapter.send()``, exactly as requests
+  would apply those settings; each read is bounded by the time left (requests cannot bound their
+  sum, see the README).
+
+Proxies come from an injected session only; the process environment (``HTTP(S)_PROXY``) is not
+read for a session the client makes itself (its credentials never go through a proxy nobody
+configured for it).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import http.client
+import ipaddress
+import json
+import os
+import platform
+import select
+import socket
+import ssl
+import sys
+import zlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ._config import PersonalizeConfig
+from ._deadline import Deadline
+from ._resilience import Counter, warn_once
+from ._version import __version__
+from .exceptions import (
+    DeadlineExceededError,
+    ErrorCode,
+    HTTPStatusError,
+    NetworkError,
+    ParseError,
+    PersonalizeError,
+)
+
+if TYPE_CHECKING:
+    import requests
+
+DATA_CENTERS = ("01", "02", "03", "04", "05", "06", "101")
+USER_AGENT = (
+    f"moengage-personalize-python/{__version__} "
+    f"({platform.python_implementation()} {platform.python_version()})"
+)
+_REQUEST_ID_HEADERS = ("x-request-id", "x-moe-request-id", "x-amzn-requestid", "request-id")
+_CHUNK = 64 * 1024
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def base_url_for(data_center: object, base_url: object, *, allow_insecure_http: bool) -> str:
+    """The API prefix (ending in ``/v1``) for ``data_center``, or the validated ``base_url``."""
+    if base_url is None:
+        if not isinstance(data_center, str):
+            raise TypeError(f"data_center must be a str such as '01', not {data_center!r}")
+        if data_center not in DATA_CENTERS:
+            raise ValueError(
+                f"data_center must be one of {', '.join(DATA_CENTERS)}; got {data_center!r}"
+            )
+        return f"https://sdk-{data_center}.moengage.com/v1"
+    if not isinstance(base_url, str):
+        raise TypeError(f"base_url must be a str, not {type(base_url).__name__}")
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"base_url is not a valid URL: {base_url!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+    if parts.username or parts.password:
+        raise ValueError("base_url must not carry credentials; pass app_id and api_key")
+    if parts.query or parts.fragment:
+        raise ValueError(f"base_url must not have a query or fragment, got {base_url!r}")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"base_url {base_url!r} is plain http to a non-loopback host; use https, "
+            "or set config.allow_insecure_http=True"
+        )
+    return base_url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Headers(dict[str, str]):
+    """Request headers; their values (the Basic token among them) never show in a repr, so a
+    traceback with its frames' locals, a debugger or an error tracker cannot print them."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<Headers {', '.join(self)}: values redacted>"
+
+
+class Request:
+    """One logical request: what to send, until when, and how to name it in errors."""
+
+    __slots__ = ("body", "deadline", "expect_json", "method", "path", "what")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        deadline: Deadline,
+        what: str,
+        expect_json: bool = True,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.body = body
+        self.deadline = deadline
+        self.what = what
+        self.expect_json = expect_json
+
+
+class Answer:
+    """Status, headers and body of one HTTP exchange."""
+
+    __slots__ = ("body", "headers", "reason", "status")
+
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+
+class _OneSend:
+    """A connection that sends a request's header block and body together: one system call,
+    one TCP segment, one read at the server. ``gather()`` holds what ``send`` gets until
+    ``send_gathered(body)``; if ``endheaders`` sent its block some other way, the body simply
+    follows it."""
+
+    _gathered: list[bytes] | None = None
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        # reads and writes block without a timeout: the call's Deadline shuts the socket down
+        self.sock.settimeout(None)  # type: ignore[attr-defined]
+
+    def gather(self) -> None:
+        self._gathered = []
+
+    def send(self, data: Any) -> None:
+        gathered = self._gathered
+        if gathered is not None and isinstance(data, bytes):
+            gathered.append(data)
+        else:
+            super().send(data)  # type: ignore[misc]
+
+    def send_gathered(self, body: bytes | None) -> None:
+        gathered, self._gathered = self._gathered or [], None
+        if body:
+            gathered.append(body)
+        if gathered:
+            super().send(b"".join(gathered))  # type: ignore[misc]
+
+
+class _Connection(_OneSend, http.client.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_OneSend, http.client.HTTPSConnection):
+    pass
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle pooled connection is unusable: closed by the server, or holding bytes
+    nobody asked for (a stray answer must never reach the next request)."""
+    sock = conn.sock
+    if sock is None:
+        return False  # closed by http.client: the next request opens a new one
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class _Pool:
+    """Idle connections to the base URL's host, most recently used first. ``take`` and ``give``
+    need no lock: a deque's ``pop`` and ``append`` are atomic."""
+
+    def __init__(self, connect: Callable[[], http.client.HTTPConnection], size: int) -> None:
+        self._connect = connect
+        self._size = size
+        self._idle: collections.deque[http.client.HTTPConnection] = collections.deque()
+
+    def take(self) -> http.client.HTTPConnection:
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return self._connect()
+            if not _dropped(conn):
+                return conn
+            conn.close()
+
+    def give(self, conn: http.client.HTTPConnection) -> None:
+        if len(self._idle) < self._size:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+def _tls_context(verify: Any, cert: Any) -> ssl.SSLContext:
+    """An SSL context with requests' meaning of ``verify`` and ``cert``."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif isinstance(verify, str) and verify:
+        if os.path.isdir(verify):
+            context = ssl.create_default_context(capath=verify)
+        else:
+            context = ssl.create_default_context(cafile=verify)
+    else:
+        import certifi
+
+        context = ssl.create_default_context(cafile=certifi.where())
+    if cert:
+        if isinstance(cert, str):
+            context.load_cert_chain(cert)
+        else:
+            context.load_cert_chain(cert[0], cert[1])
+    return context
+
+
+class Transport:
+    """Sends requests to one base URL with the client's credentials. Thread-safe."""
+
+    def __init__(
+        self,
+        base_url: str,
+        app_id: str,
+        api_key: str,
+        config: PersonalizeConfig,
+        session: requests.Session | None,
+    ) -> None:
+        self.base_url = base_url
+        parts = urlsplit(base_url)
+        self._prefix = parts.path.rstrip("/")
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._tls = parts.scheme == "https"
+        self._max_bytes = config.max_response_bytes
+        self._retry = config.retry
+        self._sleep = config.sleep
+        # a connection per worker and for the event dispatcher: none is ever discarded
+        self._pool_size = config.max_workers + 1
+        self._context: ssl.SSLContext | None = None
+        self._adapter: Any = None  # requests' adapter, when requests carries the calls
+        self._send_kwargs: dict[str, Any] = {}
+        self._headers = Headers()
+        verify: Any = True
+        cert: Any = None
+        if session is not None:
+            verify, cert = self._from_session(session)
+        self._headers.update(
+            {
+                "Authorization": "Basic " + _token(app_id, api_key),
+                "MOE-APPKEY": app_id,
+                "Accept": "application/json",
+                "User-Agent": USER_AGENT,
+            }
+        )
+        self._verify, self._cert = verify, cert
+        self._pool = self._new_pool()
+        self.requests = Counter()
+        self.retries = Counter()
+
+    def _from_session(self, session: requests.Session) -> tuple[Any, Any]:
+        """Read an injected session once: its headers, ``verify``, ``cert`` and proxies (with the
+        environment's when it trusts it), and the adapter it mounts for the base URL."""
+        import requests.adapters
+        import requests.utils
+
+        for name, value in session.headers.items():
+            if name.lower() not in ("connection", "accept-encoding", "host", "content-length"):
+                self._headers[name] = value if isinstance(value, str) else value.decode("latin-1")
+        settings = session.merge_environment_settings(self.base_url, {}, None, None, None)
+        adapter = session.get_adapter(self.base_url)
+        plain = (
+            isinstance(adapter, requests.adapters.HTTPAdapter)
+            and type(adapter).send is requests.adapters.HTTPAdapter.send
+        )
+        if not plain or requests.utils.select_proxy(self.base_url, settings["proxies"]):
+            self._adapter = adapter
+            self._send_kwargs = {
+                "verify": settings["verify"],
+                "cert": settings["cert"],
+                "proxies": settings["proxies"],
+                "stream": True,
+            }
+        return settings["verify"], settings["cert"]
+
+    def _new_pool(self) -> _Pool:
+        return _Pool(self._new_connection, self._pool_size)
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        if not self._tls:
+            return _Connection(self._host, self._port)
+        if self._context is None:  # built on first use: loading CA certificates takes a while
+            self._context = _tls_context(self._verify, self._cert)
+        return _TLSConnection(self._host, self._port, context=self._context)
+
+    def __repr__(self) -> str:
+        return f"<Transport {self.base_url}>"
+
+    def after_fork(self) -> None:
+        """In a forked child: never reuse the parent's connections (they share its sockets)."""
+        self._pool = self._new_pool()  # the parent's are dropped, not closed
+        self.requests = Counter()
+        self.retries = Counter()
+        if self._adapter is not None:
+            warn_once(
+                "fork-session",
+                "moengage-personalize: this process was forked after the client was made with "
+                "an injected requests.Session; its pooled connections are shared with the parent "
+                "process. Give each process its own session (or client).",
+            )
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # the two ways in ------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any, deadline: Deadline, *, what: str) -> Any:
+        """Send ``body`` as JSON and return the decoded JSON answer, retried as the policy says
+        until ``deadline``. Raises only PersonalizeError."""
+        data = None if body is None else _encode(body).encode()
+        request = Request(method, path, data, deadline, what)
+        try:
+            return self._attempt(request)
+        except PersonalizeError as exc:
+            first = exc
+        from . import _retry  # the first failure: tenacity takes over (never imported before)
+
+        if (self._retry.max_attempts or 2) == 1 or not _retry.fetch_retryable(first):
+            raise first
+        retrying = _retry.fetch_retrying(
+            self._retry, self._sleep, deadline.remaining, self.retries.add
+        )
+        return retrying(_retry.replaying(first, self._attempt), request)
+
+    def send_once(
+        self, method: str, path: str, data: bytes, deadline: Deadline, *, what: str
+    ) -> None:
+        """One attempt, no retries: returns on any 2xx, whatever its body."""
+        self._attempt(Request(method, path, data, deadline, what, expect_json=False))
+
+    def _attempt(self, request: Request) -> Any:
+        if request.deadline.remaining() <= 0:
+            raise _deadline_error(request)
+        self.requests.add()
+        failure: PersonalizeError | None = None
+        try:
+            if self._adapter is None:
+                answer = self._exchange(request)
+            else:
+                answer = self._exchange_adapter(request)
+        except PersonalizeError:
+            raise
+        except Exception as exc:
+            failure = _failure(exc, request, self.base_url)
+        if failure is not None:  # raised outside the except: no traceback of the cause's frames
+            raise failure
+        if 200 <= answer.status < 300:
+            if not request.expect_json:
+                return None
+            try:
+                return json.loads(answer.body)
+            except (ValueError, RecursionError):
+                ctype = answer.headers.get("Content-Type", "no content type")
+                error = ParseError(
+                    f"the {request.what} answer is not JSON ({ctype}, {len(answer.body)} bytes)"
+                )
+            raise error
+        raise _status_error(answer, request.what)
+
+    # direct: http.client ----------------------------------------------------------------------
+
+    def _exchange(self, request: Request) -> Answer:
+        deadline = request.deadline
+        conn = self._pool.take()
+        if not deadline.attach(conn):
+            self._pool.give(conn)
+            raise _deadline_error(request)
+        try:
+            conn.timeout = max(deadline.remaining(), 0.001)  # for a connect, if one is needed
+            body = request.body
+            conn.putrequest(request.method, self._prefix + request.path, skip_accept_encoding=True)
+            for name, value in self._headers.items():
+                conn.putheader(name, value)
+            if body is not None:
+                conn.putheader("Content-Type", "application/json")
+                conn.putheader("Content-Length", str(len(body)))
+            conn.gather()  # type: ignore[attr-defined]
+            conn.endheaders()
+            conn.send_gathered(body)  # type: ignore[attr-defined]
+            response = conn.getresponse()
+            content = self._read(response, request)
+        except BaseException:
+            deadline.detach()
+            conn.close()  # in an unknown state: never reused
+            raise
+        deadline.detach()  # before the connection can serve another call
+        self._pool.give(conn)
+        return Answer(response.status, response.reason, response.headers, content)
+
+    def _read(self, response: http.client.HTTPResponse, request: Request) -> bytes:
+        """The whole body, at most ``max_response_bytes`` (decoded)."""
+        declared = self._check_declared(response.getheader("Content-Length"), request)
+        encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+        cap = self._max_bytes
+        if declared is not None and encoding == "identity":
+            return response.read()  # at most the declared length (http.client checks it)
+        chunks: list[bytes] = []
+        total = 0
+        while not response.isclosed():
+            chunk = response.read(_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > cap and encoding == "identity":
+                raise self._too_big(request)
+            chunks.append(chunk)
+        content = b"".join(chunks)
+        return content if encoding == "identity" else self._decode(content, encoding, request)
+
+    def _decode(self, content: bytes, encoding: str, request: Request) -> bytes:
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise ParseError(f"the {request.what} answer has an unknown encoding {encoding!r}")
+        decoder = zlib.decompressobj(47 if encoding != "deflate" else zlib.MAX_WBITS)
+        try:
+            out = decoder.decompress(content, self._max_bytes + 1)
+        except zlib.error as exc:
+            raise ParseError(f"the {request.what} answer could not be decoded: {exc}") from None
+        if len(out) > self._max_bytes or decoder.unconsumed_tail:
+            raise self._too_big(request)
+        return out
+
+    def _check_declared(self, declared: str | None, request: Request) -> int | None:
+        """The declared body length (None if absent or unreadable); over the cap: PARSE_ERROR."""
+        if declared is None or not (declared.isascii() and declared.isdigit()):
+            return None
+        if len(declared) > 18 or int(declared) > self._max_bytes:
+            raise ParseError(
+                f"the {request.what} answer declares {declared} bytes, over the "
+                f"{self._max_bytes}-byte cap (config.max_response_bytes)"
+            )
+        return int(declared)
+
+    def _too_big(self, request: Request) -> ParseError:
+        return ParseError(
+            f"the {request.what} answer is over the {self._max_bytes}-byte cap "
+            "(config.max_response_bytes)"
+        )
+
+    # through requests -------------------------------------------------------------------------
+
+    def _exchange_adapter(self, request: Request) -> Answer:
+        import requests
+
+        prepared = requests.PreparedRequest()
+        headers = Headers(self._headers)
+        if request.body is not None:
+            headers["Content-Type"] = "application/json"
+        prepared.prepare(
+            method=request.method,
+            url=self.base_url + request.path,
+            headers=headers,
+            data=request.body,
+        )
+        left = max(request.deadline.remaining(), 0.001)
+        response = self._adapter.send(prepared, timeout=(left, left), **self._send_kwargs)
+        try:
+            self._check_declared(response.headers.get("Content-Length"), request)
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in response.iter_content(_CHUNK):
+                if request.deadline.remaining() <= 0:
+                    raise _deadline_error(request)
+                total += len(chunk)
+                if total > self._max_bytes:
+                    raise self._too_big(request)
+                chunks.append(chunk)
+        finally:
+            response.close()
+        return Answer(
+            response.status_code, response.reason or "", response.headers, b"".join(chunks)
+        )
+
+
+def _token(app_id: str, api_key: str) -> str:
+    return base64.b64encode(f"{app_id}:{api_key}".encode()).decode("ascii")
+
+
+def _deadline_error(request: Request) -> DeadlineExceededError:
+    return DeadlineExceededError(
+        f"{request.what} did not complete within {request.deadline.describe()}"
+    )
+
+
+def _failure(exc: Exception, request: Request, base_url: str) -> PersonalizeError:
+    """THE boundary: a dependency's exception becomes a PersonalizeError. Its cause is a copy
+    without a traceback: the frames of http.client hold the request's header block."""
+    error = _classify(exc, request, base_url)
+    error.__cause__ = _scrubbed(exc)
+    return error
+
+
+def _classify(exc: Exception, request: Request, base_url: str) -> PersonalizeError:
+    where = f"{request.what} ({request.method} {base_url}{request.path})"
+    if request.deadline.expired:
+        return _deadline_error(request)
+    if _caused_by(exc, socket.gaierror):
+        host = urlsplit(base_url).hostname
+        return NetworkError(f"{where}: host name {host!r} could not be resolved")
+    if _caused_by(exc, ConnectionRefusedError):
+        return NetworkError(f"{where}: connection refused")
+    requests = sys.modules.get("requests")
+    timed_out = _caused_by(exc, TimeoutError) or (
+        requests is not None and isinstance(exc, requests.Timeout)
+    )
+    if timed_out:
+        if request.deadline.remaining() <= 0.005:
+            return _deadline_error(request)
+        connect = requests is not None and isinstance(exc, requests.ConnectTimeout)
+        return NetworkError(
+            f"{where}: {'connect' if connect or requests is None else 'read'} timed out"
+        )
+    if _caused_by(exc, ssl.SSLError) or _caused_by(exc, ssl.CertificateError):
+        return NetworkError(f"{where}: TLS failed: {_short(exc)}")
+    if _caused_by(exc, ConnectionResetError) or _caused_by(exc, BrokenPipeError):
+        return NetworkError(f"{where}: connection reset by the server")
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return NetworkError(f"{where}: the server closed the connection without answering")
+    if isinstance(exc, http.client.IncompleteRead):
+        return NetworkError(f"{where}: the connection broke before the whole answer came")
+    if isinstance(exc, http.client.HTTPException):
+        return NetworkError(f"{where}: the answer is not valid HTTP: {_short(exc)}")
+    if requests is not None and isinstance(exc, requests.exceptions.ContentDecodingError):
+        return ParseError(f"{where}: the answer could not be decoded: {_short(exc)}")
+    if isinstance(exc, OSError) or (
+        requests is not None and isinstance(exc, requests.RequestException)
+    ):
+        return NetworkError(f"{where}: connection failed: {_short(exc)}")
+    return PersonalizeError(
+        f"{where} failed unexpectedly: {type(exc).__name__}: {_short(exc)}",
+        code=ErrorCode.UNKNOWN,
+    )
+
+
+def _scrubbed(exc: BaseException) -> BaseException:
+    """The same kind of exception with the same message, and no traceback."""
+    try:
+        copy = type(exc)(*exc.args)
+    except Exception:
+        copy = RuntimeError(f"{type(exc).__name__}: {_short(exc)}")
+    copy.__traceback__ = None
+    return copy
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, kind):
+            return True
+        stack.extend((item.__cause__, item.__context__))
+        stack.extend(a for a in item.args if isinstance(a, BaseException))
+        reason = getattr(item, "reason", None)
+        if isinstance(reason, BaseException):
+            stack.append(reason)
+    return False
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _status_error(answer: Answer, what: str) -> HTTPStatusError:
+    from ._retry import retry_after
+
+    status = answer.status
+    envelope: Mapping[str, Any] = {}
+    try:
+        decoded = json.loads(answer.body) if answer.body else {}
+        if isinstance(decoded, dict):
+            envelope = decoded
+    except (ValueError, RecursionError):
+        pass
+    title = _str_or_none(envelope.get("title"))
+    description = _str_or_none(envelope.get("description"))
+    headers = answer.headers
+    request_id = next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None)
+    if status == 403:
+        code = ErrorCode.FEATURE_DISABLED
+    elif status >= 500:
+        code = ErrorCode.UNKNOWN_SERVER_ERROR
+    else:
+        code = ErrorCode.HTTP_ERROR
+    summary = ": ".join(p for p in (title, description) if p) or (answer.reason or "no details")
+    return HTTPStatusError(
+        f"{what} answered HTTP {status}: {summary}",
+        code=code,
+        status_code=status,
+        title=title,
+        description=description,
+        service_code=_str_or_none(envelope.get("code")),
+        request_id=request_id,
+        retry_after=retry_after(headers) if status in (429, 503) else None,
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
