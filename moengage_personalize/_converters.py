@@ -98,22 +98,17 @@ def _converter() -> cattrs.Converter:
     return conv
 
 
-_HOOKS: dict[type, Callable[[Any, Any], Any]] = {}
-
-
 def _structure(data: Any, cls: type[T], what: str) -> T:
     if not isinstance(data, dict):
         raise ParseError(
             f"the {what} response does not have the documented shape: "
             f"expected a JSON object, got {type(data).__name__}"
         )
-    hook = _HOOKS.get(cls)
-    if hook is None:
-        hook = _HOOKS[cls] = _converter().get_structure_hook(cls)
+    converter = _converter()
     import cattrs  # noqa: PLC0415 - loaded by _converter() already
 
     try:
-        result: T = hook(data, cls)
+        result: T = converter.structure(data, cls)
         return result
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
         detail = "; ".join(_describe(exc))

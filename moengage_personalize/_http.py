@@ -27,10 +27,8 @@ from __future__ import annotations
 import base64
 import collections
 import http.client
-import ipaddress
 import json
 import os
-import platform
 import select
 import socket
 import ssl
@@ -59,7 +57,7 @@ if TYPE_CHECKING:
 DATA_CENTERS = ("01", "02", "03", "04", "05", "06", "101")
 USER_AGENT = (
     f"moengage-personalize-python/{__version__} "
-    f"({platform.python_implementation()} {platform.python_version()})"
+    f"({sys.implementation.name} {'.'.join(map(str, sys.version_info[:3]))})"
 )
 _REQUEST_ID_HEADERS = ("x-request-id", "x-moe-request-id", "x-amzn-requestid", "request-id")
 _CHUNK = 64 * 1024
@@ -100,6 +98,8 @@ def base_url_for(data_center: object, base_url: object, *, allow_insecure_http: 
 def _is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    import ipaddress  # only for a plain-http base URL
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
