@@ -124,13 +124,14 @@ def _optional_callable(name: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
-def _retry_policy(name: str) -> Callable[[Any], RetryPolicy]:
-    def check(value: Any) -> RetryPolicy:
-        if not isinstance(value, RetryPolicy):
-            raise TypeError(f"{name} must be a RetryPolicy, not {value!r}")
-        return value
+def _retry_policy(value: Any, name: str = "retry") -> RetryPolicy:
+    if not isinstance(value, RetryPolicy):
+        raise TypeError(f"{name} must be a RetryPolicy, not {value!r}")
+    return value
 
-    return check
+
+def _event_retry_policy(value: Any) -> RetryPolicy:
+    return _retry_policy(value, "event_retry")
 
 
 def _default_event_retry() -> RetryPolicy:
@@ -203,7 +204,7 @@ class PersonalizeConfig:
     """
 
     timeout: float = _duration_field("timeout", 3.0, allow_zero=False)
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy, converter=_retry_policy("retry"))
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, converter=_retry_policy)
     max_workers: int = attrs.field(default=None, converter=_workers)
     meta_ttl: float = _duration_field("meta_ttl", 900.0)
     cache_ttl: float = _duration_field("cache_ttl", 0.0)
@@ -225,7 +226,7 @@ class PersonalizeConfig:
     event_flush_interval: float = _duration_field("event_flush_interval", 1.0, allow_zero=False)
     event_batch_size: int = attrs.field(default=1000, validator=_batch_size)
     event_retry: RetryPolicy = attrs.field(
-        factory=_default_event_retry, converter=_retry_policy("event_retry")
+        factory=_default_event_retry, converter=_event_retry_policy
     )
     event_store: str | os.PathLike[str] | None = attrs.field(default=None, validator=_store_path)
     event_store_max_events: int = attrs.field(

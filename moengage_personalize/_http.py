@@ -142,8 +142,10 @@ class Answer:
     """Status, headers and body of one HTTP exchange."""
 
     __slots__ = ("body", "headers", "reason", "status")
+    headers: Mapping[str, str]
 
-    def __init__(self, status: int, reason: str, headers: Mapping[str, str], body: bytes) -> None:
+    def __init__(self, status: int, reason: str, headers: Any, body: bytes) -> None:
+        """``headers``: a case-insensitive mapping (http.client's message, requests' dict)."""
         self.status = status
         self.reason = reason
         self.headers = headers
