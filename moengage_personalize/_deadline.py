@@ -31,7 +31,17 @@ class Deadline:
     ``budget`` and ``name`` only word the error (``"3 s (config.timeout)"``).
     """
 
-    __slots__ = ("_conn", "_lock", "at", "budget", "done", "expired", "name", "on_expire")
+    __slots__ = (
+        "_conn",
+        "_lock",
+        "at",
+        "budget",
+        "done",
+        "expired",
+        "name",
+        "on_expire",
+        "watched",
+    )
 
     def __init__(
         self,
@@ -45,6 +55,7 @@ class Deadline:
         self.on_expire = on_expire
         self.expired = False
         self.done = False  # set by the call's owner when it ends: the watchdog forgets it
+        self.watched = False  # a watchdog will expire it (else reads need timeouts of their own)
         self._conn: Any = None  # an http.client connection, while the call uses it
         self._lock = threading.Lock()
 
@@ -113,7 +124,8 @@ class Watchdog:
         if self._wake_at > deadline.at:
             with self._cond:
                 self._cond.notify()
-        return not self._stopped
+        deadline.watched = not self._stopped
+        return deadline.watched
 
     def _start(self) -> None:
         with self._cond:

@@ -421,7 +421,12 @@ class Transport:
             self._pool.give(conn)
             raise _deadline_error(request)
         try:
-            conn.timeout = max(deadline.remaining(), 0.001)  # for a connect, if one is needed
+            left = max(deadline.remaining(), 0.001)
+            conn.timeout = left  # for a connect, if one is needed
+            if not deadline.watched:  # nobody will shut the socket: each read gets a timeout
+                if conn.sock is None:
+                    conn.connect()
+                conn.sock.settimeout(left)
             body = request.body
             conn.putrequest(request.method, self._prefix + request.path, skip_accept_encoding=True)
             for name, value in self._headers.items():
@@ -439,7 +444,10 @@ class Transport:
             conn.close()  # in an unknown state: never reused
             raise
         deadline.detach()  # before the connection can serve another call
-        self._pool.give(conn)
+        if deadline.watched:
+            self._pool.give(conn)
+        else:  # its socket has a timeout now: not for the pool
+            conn.close()
         return Answer(response.status, response.reason, response.headers, content)
 
     def _read(self, response: http.client.HTTPResponse, request: Request) -> bytes:
