@@ -1,12 +1,22 @@
 """The Futures of a client's fetches: where a call starts, how it ends, and how identical calls
 in flight share one request.
 
-A call starts in one place, :meth:`Calls.start`: its Future and its :class:`Deadline` are made,
-the deadline is watched, and the call is submitted to the executor. The worker that runs it
-passes the deadline to the core (and on to the transport) and completes the Future; if the
-deadline passes first, the watchdog fails the Future with ``DeadlineExceededError`` and shuts the
-call's socket, so the worker is free at once. An identical call made while one is in flight
-(same keys, attributes and user) holds no thread: its Future completes from the first one's.
+:meth:`Calls.start` makes a call's Future and its :class:`Deadline` and has the deadline
+watched. The call then runs once, in :meth:`_Call.run` (one claim, whoever comes first), on one
+of two threads:
+
+* the caller's own, when it waits in ``result()``/``exception()`` (no timeout, or one not shorter
+  than the deadline left) before anything else started the call: a hand-off to a worker and
+  back costs two thread wake-ups, a third of a fetch on loopback;
+* a worker, as soon as anything else needs it: ``add_done_callback`` (``asyncio.wrap_future``
+  too), or ``START_AFTER`` seconds passing with nobody running it (``concurrent.futures.wait``,
+  ``as_completed``, a Future nobody waits for), which the watchdog sees to.
+
+The runner passes the deadline to the core (and on to the transport) and completes the Future;
+if the deadline passes first, the watchdog fails the Future with ``DeadlineExceededError`` and
+shuts the call's socket, so the thread running it is free at once. An identical call made while
+one is in flight (same keys, attributes and user) holds no thread: its Future completes from the
+first one's.
 """
 
 from __future__ import annotations
@@ -28,6 +38,9 @@ from .exceptions import ClientClosedError, DeadlineExceededError, ErrorCode, Per
 log = logging.getLogger("moengage_personalize")
 
 T = TypeVar("T")
+
+START_AFTER = 0.002  # a call nobody runs by then starts on a worker
+_watchdog_thread = threading.local()  # .active on the watchdog's thread: it never runs a call
 
 
 def settle(future: Future[Any], result: Any = None, error: BaseException | None = None) -> bool:
@@ -78,32 +91,110 @@ def _own_copy(result: Any) -> Any:
     return result
 
 
+def _mark_watchdog_thread() -> None:
+    _watchdog_thread.active = True
+
+
+class _Pending(Future[T]):
+    """A fetch's Future. Waiting for it in ``result()``/``exception()`` runs the call on the
+    waiting thread if nothing started it yet; ``add_done_callback`` hands it to a worker."""
+
+    def __init__(self, call: _Call) -> None:
+        super().__init__()
+        self.call: _Call | None = call  # None once the call is claimed
+
+    def result(self, timeout: float | None = None) -> T:
+        self._wait(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return super().exception(timeout)
+
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
+        call = self.call
+        if call is not None:
+            call.submit()
+        super().add_done_callback(fn)
+
+    def _wait(self, timeout: float | None) -> None:
+        call = self.call
+        if call is None:
+            return
+        deadline = call.deadline
+        if (
+            deadline is None
+            or not call.calls.inline
+            or (timeout is not None and timeout < deadline.remaining())
+            or getattr(_watchdog_thread, "active", False)
+        ):
+            call.submit()  # the caller may stop waiting first, or must not be held
+        else:
+            call.run(here=True)
+
+
 class _Call:
     """A call in flight: its Future, its deadline, and how to word its errors."""
 
-    __slots__ = ("args", "deadline", "fn", "future", "key", "what")
+    __slots__ = (
+        "args",
+        "calls",
+        "claim",
+        "deadline",
+        "fn",
+        "future",
+        "key",
+        "submitted",
+        "what",
+    )
 
     def __init__(
-        self, what: str, fn: Callable[..., Any], args: tuple[Any, ...], key: Hashable | None
+        self,
+        calls: Calls,
+        what: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        key: Hashable | None,
     ) -> None:
+        self.calls = calls
         self.what = what
         self.fn = fn
         self.args = args
         self.key = key
-        self.future: Future[Any] = Future()
+        self.future: _Pending[Any] = _Pending(self)
         self.deadline: Deadline | None = None
+        self.claim = threading.Lock()  # taken by the one thread that runs the call
+        self.submitted = False
+
+    def run(self, here: bool = False) -> None:
+        """THE place a call starts: unless another thread claimed it, run it here."""
+        if not self.claim.acquire(blocking=False):
+            return
+        self.future.call = None
+        if self.deadline is not None:
+            self.deadline.started()
+        self.calls.run(self, here)
+
+    def submit(self) -> None:
+        """Have a worker run the call (unless a thread claimed it already)."""
+        if self.submitted or self.claim.locked():
+            return
+        self.submitted = True
+        self.calls.submit(self)
 
 
 class Calls:
     """Starts a client's calls on its executor and sees that each one ends by its deadline."""
 
-    def __init__(self, executor: Executor, timeout: float, errors: Errors) -> None:
+    def __init__(
+        self, executor: Executor, timeout: float, errors: Errors, inline: bool = True
+    ) -> None:
+        self.inline = inline  # callers may run their own call (the transport can stop it)
         self._executor = executor
         self._timeout = timeout
         self.errors = errors
-        self.watchdog = Watchdog()
+        self.watchdog = Watchdog(on_thread=_mark_watchdog_thread, tick=START_AFTER)
         self._flights: dict[Hashable, _Call] = {}
-        self._lock = threading.Lock()  # only for the flights table
         self._live: set[_Call] = set()  # calls started and not finished (close fails them)
         self.coalesced = Counter()
 
@@ -111,10 +202,9 @@ class Calls:
         self, what: str, fn: Callable[..., T], args: tuple[Any, ...], key: Hashable | None = None
     ) -> Future[T]:
         """Run ``fn(*args, deadline)`` on the executor; ``key`` names identical calls."""
-        call = _Call(what, fn, args, key)
+        call = _Call(self, what, fn, args, key)
         if key is not None:
-            with self._lock:
-                leader = self._flights.setdefault(key, call)
+            leader = self._flights.setdefault(key, call)  # atomic
             if leader is not call:
                 self.coalesced.add()
                 return self._follow(leader, call)
@@ -123,12 +213,14 @@ class Calls:
 
     def _launch(self, call: _Call) -> None:
         deadline = call.deadline = Deadline(self._timeout, on_expire=lambda: self._expired(call))
+        deadline.start_by(START_AFTER, call.submit)
         self._live.add(call)
         if not self.watchdog.watch(deadline):
             self._end(call, ClientClosedError(f"{call.what}: the client is closed"))
-            return
+
+    def submit(self, call: _Call) -> None:
         try:
-            self._executor.submit(self._run, call)
+            self._executor.submit(call.run)
         except RuntimeError as exc:  # executor shut down, or the interpreter is exiting
             self._end(call, ClientClosedError(f"{call.what}: cannot run: {exc}"))
 
@@ -148,9 +240,11 @@ class Calls:
         leader.future.add_done_callback(adopt)
         return follower.future
 
-    def _run(self, call: _Call) -> None:
+    def run(self, call: _Call, here: bool) -> None:
+        """Run a claimed call (``here``: on the thread waiting for it); complete its Future."""
         deadline = call.deadline
         assert deadline is not None
+        deadline.here = here
         future = call.future
         try:
             if not future.set_running_or_notify_cancel():
@@ -161,6 +255,7 @@ class Calls:
             return
         error: PersonalizeError | None = None
         result: Any = None
+        interrupt: BaseException | None = None
         try:
             result = call.fn(*call.args, deadline)
         except PersonalizeError as exc:
@@ -170,17 +265,20 @@ class Calls:
                 f"{call.what}: unexpected {type(exc).__name__}: {exc}", code=ErrorCode.UNKNOWN
             )
             error.__cause__ = exc
+            if here and not isinstance(exc, Exception):
+                interrupt = exc  # Ctrl-C or exit on the caller's own thread: theirs to handle
         self._end(call, error, result)
+        if interrupt is not None:
+            raise interrupt
 
     def _end(self, call: _Call, error: PersonalizeError | None, result: Any = None) -> None:
         """The call is over: forget it, then complete its Future (unless something else did)."""
         if call.deadline is not None:
             call.deadline.done = True
+        call.future.call = None
         self._live.discard(call)
-        if call.key is not None:
-            with self._lock:
-                if self._flights.get(call.key) is call:
-                    del self._flights[call.key]
+        if call.key is not None and self._flights.get(call.key) is call:
+            self._flights.pop(call.key, None)  # (a race may drop a newer flight: no harm)
         if error is None:
             settle(call.future, result=result)
         else:

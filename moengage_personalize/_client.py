@@ -27,7 +27,7 @@ from ._checks import check_attributes, check_key, check_keys, check_statuses, ch
 from ._config import PersonalizeConfig, User, coerce_user
 from ._core import Core, user_key
 from ._events import DROP_CLOSED, DROP_DISABLED, EventPipeline, EventRecord
-from ._http import Transport, base_url_for
+from ._http import Secret, Transport, base_url_for
 from ._models import (
     ExperienceCampaignsMetadata,
     ExperienceCampaignsResult,
@@ -90,16 +90,15 @@ class MoEngagePersonalize(TrackingCalls):
         session: requests.Session | None = None,
         executor: Executor | None = None,
     ) -> None:
+        secret = Secret(api_key)  # from here on no frame shows the key, not even on error
+        del api_key
+        secret.check()
         if not isinstance(app_id, str) or not app_id.strip():
             raise ValueError("app_id must be the workspace ID, a non-empty str")
         if app_id != app_id.strip() or not app_id.isprintable() or not app_id.isascii():
             raise ValueError(
                 f"app_id must be printable ASCII without surrounding spaces: {app_id!r}"
             )
-        if not isinstance(api_key, str) or not api_key.strip():
-            raise ValueError("api_key must be a non-empty str")
-        if not api_key.isascii() or not api_key.isprintable() or api_key != api_key.strip():
-            raise ValueError("api_key must be printable ASCII without surrounding spaces")
         if config is None:
             config = PersonalizeConfig()
         elif not isinstance(config, PersonalizeConfig):
@@ -113,11 +112,12 @@ class MoEngagePersonalize(TrackingCalls):
         url = base_url_for(data_center, base_url, allow_insecure_http=config.allow_insecure_http)
         self._app_id = app_id
         self._config = config
-        self._transport = Transport(url, app_id, api_key, config, session)
-        del api_key  # held by the transport's redacted headers only
+        self._transport = Transport(url, app_id, secret, config, session)
         self._owns_executor = executor is None
         self._executor: Executor = executor or self._new_executor()
-        self._calls = Calls(self._executor, config.timeout, Errors(config.on_error))
+        self._calls = Calls(
+            self._executor, config.timeout, Errors(config.on_error), self._transport.inline
+        )
         self._core = Core(self._transport, config, self._background, self._calls.watchdog.watch)
         self._events = EventPipeline(
             self._transport, config, self._calls.watchdog.watch, self._offload
@@ -156,6 +156,8 @@ class MoEngagePersonalize(TrackingCalls):
         return self._state is _State.CLOSED
 
     def __repr__(self) -> str:
+        if not hasattr(self, "_state"):  # half-built: the constructor raised
+            return "<MoEngagePersonalize (not constructed)>"
         return (
             f"<MoEngagePersonalize app_id={self._app_id!r} base_url={self.base_url!r} "
             f"state={self._state.value}>"
@@ -315,7 +317,12 @@ class MoEngagePersonalize(TrackingCalls):
                 "an injected executor; its threads did not survive the fork. Give each process "
                 "its own executor (or client).",
             )
-        self._calls = Calls(self._executor, self._config.timeout, Errors(self._config.on_error))
+        self._calls = Calls(
+            self._executor,
+            self._config.timeout,
+            Errors(self._config.on_error),
+            self._transport.inline,
+        )
         self._transport.after_fork()
         self._core.after_fork()
         self._events = self._events.after_fork(self._calls.watchdog.watch)

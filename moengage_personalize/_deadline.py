@@ -38,8 +38,11 @@ class Deadline:
         "budget",
         "done",
         "expired",
+        "here",
         "name",
         "on_expire",
+        "on_start",
+        "start_at",
         "watched",
     )
 
@@ -53,11 +56,24 @@ class Deadline:
         self.budget = budget
         self.name = name
         self.on_expire = on_expire
+        self.on_start: Callable[[], None] | None = None  # see start_by()
+        self.start_at = math.inf
         self.expired = False
         self.done = False  # set by the call's owner when it ends: the watchdog forgets it
         self.watched = False  # a watchdog will expire it (else reads need timeouts of their own)
+        self.here = False  # the call runs on the thread waiting for it: a connect there waits
+        # at most until the deadline (a name look-up cannot be interrupted; a worker may wait)
         self._conn: Any = None  # an http.client connection, while the call uses it
         self._lock = threading.Lock()
+
+    def start_by(self, delay: float, on_start: Callable[[], None]) -> None:
+        """Also run ``on_start`` (on the watchdog's thread) ``delay`` seconds from now unless
+        the call ended or :meth:`started` was called by then; set before :meth:`Watchdog.watch`."""
+        self.start_at = self.at - self.budget + delay
+        self.on_start = on_start
+
+    def started(self) -> None:
+        self.on_start = None
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
@@ -102,10 +118,18 @@ class Watchdog:
 
     Callers never take its lock on the common path: :meth:`watch` appends to an inbox (atomic)
     and wakes the thread only when it would otherwise sleep past the new deadline. A call that
-    ended only sets ``deadline.done``: the thread drops such entries when it next wakes.
+    ended only sets ``deadline.done``: the thread drops such entries when it next wakes. While
+    deadlines keep coming (the last one less than ``LINGER`` ago), the thread wakes every
+    ``tick`` seconds by itself, so that a short deadline (a call's start-by) costs no wake-up
+    of its own.
     """
 
-    def __init__(self) -> None:
+    LINGER = 0.5
+
+    def __init__(self, on_thread: Callable[[], None] | None = None, tick: float = math.inf) -> None:
+        self._on_thread = on_thread  # runs first on the watchdog's own thread
+        self._tick = tick
+        self._last_watch = -math.inf  # when the newest deadline was made
         self._cond = threading.Condition(threading.Lock())
         self._inbox: collections.deque[_Entry] = collections.deque()
         self._heap: list[_Entry] = []  # the thread's own
@@ -120,8 +144,10 @@ class Watchdog:
             return False
         if self._thread is None:
             self._start()
-        self._inbox.append((deadline.at, next(self._seq), deadline))
-        if self._wake_at > deadline.at:
+        due = deadline.start_at if deadline.on_start is not None else deadline.at
+        self._inbox.append((due, next(self._seq), deadline))
+        self._last_watch = deadline.at - deadline.budget
+        if self._wake_at > due:
             with self._cond:
                 self._cond.notify()
         deadline.watched = not self._stopped
@@ -144,6 +170,8 @@ class Watchdog:
             thread.join(timeout)
 
     def _run(self) -> None:
+        if self._on_thread is not None:
+            self._on_thread()
         while True:
             try:
                 if self._watch():
@@ -154,6 +182,7 @@ class Watchdog:
     def _watch(self) -> bool:
         """Expire deadlines as they pass until stopped (True)."""
         expired: list[Deadline] = []
+        starting: list[Callable[[], None]] = []
         heap, inbox = self._heap, self._inbox
         while True:
             with self._cond:
@@ -165,17 +194,30 @@ class Watchdog:
                             heapq.heappush(heap, entry)
                     now = time.monotonic()
                     while heap and (heap[0][0] <= now or heap[0][2].done):
-                        deadline = heapq.heappop(heap)[2]
-                        if not deadline.done:
+                        due, _, deadline = heapq.heappop(heap)
+                        if deadline.done:
+                            continue
+                        if due < deadline.at:  # its start-by entry: the deadline stays watched
+                            on_start = deadline.on_start
+                            if on_start is not None:
+                                deadline.on_start = None
+                                starting.append(on_start)
+                            heapq.heappush(heap, (deadline.at, next(self._seq), deadline))
+                        else:
                             expired.append(deadline)
-                    if expired:
+                    if expired or starting:
                         break
                     self._wake_at = heap[0][0] if heap else math.inf
+                    if now - self._last_watch < self.LINGER:  # busy: tick, unasked
+                        self._wake_at = min(self._wake_at, now + self._tick)
                     if inbox:  # arrived meanwhile; its caller may have seen -inf
                         continue
                     self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
                 if self._stopped:
                     return True
-            for deadline in expired:  # outside the lock: callbacks may take a while
+            for on_start in starting:  # outside the lock: callbacks may take a while
+                on_start()
+            for deadline in expired:
                 deadline.expire()
             expired.clear()
+            starting.clear()

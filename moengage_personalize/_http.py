@@ -33,9 +33,10 @@ import select
 import socket
 import ssl
 import sys
+import threading
 import zlib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from ._config import PersonalizeConfig
@@ -114,6 +115,27 @@ class Headers(dict[str, str]):
 
     def __repr__(self) -> str:
         return f"<Headers {', '.join(self)}: values redacted>"
+
+
+class Secret:
+    """A credential whose repr never shows it (in a frame's locals, a log, a debugger)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def check(self) -> str:
+        """The key, checked (a ValueError never quotes it)."""
+        key = self.value
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError("api_key must be a non-empty str")
+        if not key.isascii() or not key.isprintable() or key != key.strip():
+            raise ValueError("api_key must be printable ASCII without surrounding spaces")
+        return key
+
+    def __repr__(self) -> str:
+        return "<Secret: redacted>"
 
 
 class Request:
@@ -237,6 +259,28 @@ class _Pool:
             self._idle.pop().close()
 
 
+def _connect_by(conn: http.client.HTTPConnection, deadline: Deadline) -> None:
+    """Connect ``conn`` on a thread of its own, waiting at most until the deadline: the caller's
+    own thread must never be held past it by a name look-up, which nothing can interrupt."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            conn.connect()
+        except BaseException as exc:  # handed to the waiting caller
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=connect, name="moengage-personalize-connect", daemon=True).start()
+    if not done.wait(max(deadline.remaining(), 0.0)):
+        conn.close()  # whatever the connect opens later is dropped with the connection
+        raise TimeoutError("connecting did not finish before the deadline")
+    if failed:
+        raise failed[0]
+
+
 def _tls_context(verify: Any, cert: Any) -> ssl.SSLContext:
     """An SSL context with requests' meaning of ``verify`` and ``cert``."""
     if verify is False:
@@ -267,7 +311,7 @@ class Transport:
         self,
         base_url: str,
         app_id: str,
-        api_key: str,
+        api_key: Secret,
         config: PersonalizeConfig,
         session: requests.Session | None,
     ) -> None:
@@ -280,8 +324,9 @@ class Transport:
         self._max_bytes = config.max_response_bytes
         self._retry = config.retry
         self._sleep = config.sleep
-        # a connection per worker and for the event dispatcher: none is ever discarded
-        self._pool_size = config.max_workers + 1
+        # idle connections kept: one per worker, per caller running its own call, and for the
+        # event dispatcher
+        self._pool_size = 4 * config.max_workers + 1
         self._context: ssl.SSLContext | None = None
         self._adapter: Any = None  # requests' adapter, when requests carries the calls
         self._send_kwargs: dict[str, Any] = {}
@@ -292,9 +337,8 @@ class Transport:
             verify, cert = self._from_session(session)
         self._headers.update(
             {
-                "Authorization": "Basic " + _token(app_id, api_key),
+                "Authorization": "Basic " + _token(app_id, api_key.check()),
                 "MOE-APPKEY": app_id,
-                "Accept": "application/json",
                 "User-Agent": USER_AGENT,
             }
         )
@@ -309,8 +353,10 @@ class Transport:
         import requests.adapters
         import requests.utils
 
-        for name, value in session.headers.items():
-            if name.lower() not in ("connection", "accept-encoding", "host", "content-length"):
+        for name, value in cast(Any, session.headers).items():
+            if value is None:  # requests' way to drop a header
+                self._headers.pop(name, None)
+            elif name.lower() not in ("connection", "accept-encoding", "host", "content-length"):
                 self._headers[name] = value if isinstance(value, str) else value.decode("latin-1")
         settings = session.merge_environment_settings(self.base_url, {}, None, None, None)
         adapter = session.get_adapter(self.base_url)
@@ -327,6 +373,12 @@ class Transport:
                 "stream": True,
             }
         return settings["verify"], settings["cert"]
+
+    @property
+    def inline(self) -> bool:
+        """Whether a call may run on the thread waiting for it: only where the deadline can
+        stop it (the direct path shuts its socket; requests' sockets cannot be shut)."""
+        return self._adapter is None
 
     def _new_pool(self) -> _Pool:
         return _Pool(self._new_connection, self._pool_size)
@@ -416,6 +468,7 @@ class Transport:
 
     def _exchange(self, request: Request) -> Answer:
         deadline = request.deadline
+        response: http.client.HTTPResponse | None = None
         conn = self._pool.take()
         if not deadline.attach(conn):
             self._pool.give(conn)
@@ -423,9 +476,14 @@ class Transport:
         try:
             left = max(deadline.remaining(), 0.001)
             conn.timeout = left  # for a connect, if one is needed
-            if not deadline.watched:  # nobody will shut the socket: each read gets a timeout
-                if conn.sock is None:
+            if conn.sock is None:
+                if deadline.here:
+                    _connect_by(conn, deadline)
+                else:
                     conn.connect()
+                if deadline.expired:  # passed during the connect (a name look-up cannot be
+                    raise _deadline_error(request)  # stopped): nobody could shut this socket
+            if not deadline.watched:  # nobody will shut the socket: each read gets a timeout
                 conn.sock.settimeout(left)
             body = request.body
             conn.putrequest(request.method, self._prefix + request.path, skip_accept_encoding=True)
@@ -442,6 +500,8 @@ class Transport:
         except BaseException:
             deadline.detach()
             conn.close()  # in an unknown state: never reused
+            if response is not None:
+                response.close()  # (an answer with Connection: close holds the socket itself)
             raise
         deadline.detach()  # before the connection can serve another call
         if deadline.watched:
@@ -451,36 +511,38 @@ class Transport:
         return Answer(response.status, response.reason, response.headers, content)
 
     def _read(self, response: http.client.HTTPResponse, request: Request) -> bytes:
-        """The whole body, at most ``max_response_bytes`` (decoded)."""
+        """The whole body, at most ``max_response_bytes`` decoded: a compressed answer is
+        decoded as it arrives, so a bomb stops at the cap, not after it is all read."""
         declared = self._check_declared(response.getheader("Content-Length"), request)
         encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
-        cap = self._max_bytes
         if declared is not None and encoding == "identity":
             return response.read()  # at most the declared length (http.client checks it)
+        decoder = None
+        if encoding != "identity":
+            if encoding not in ("gzip", "x-gzip", "deflate"):
+                raise ParseError(f"the {request.what} answer has an unknown encoding {encoding!r}")
+            decoder = zlib.decompressobj(47 if encoding != "deflate" else zlib.MAX_WBITS)
+        cap = self._max_bytes
         chunks: list[bytes] = []
         total = 0
         while not response.isclosed():
             chunk = response.read(_CHUNK)
             if not chunk:
                 break
+            if decoder is not None:
+                try:
+                    chunk = decoder.decompress(chunk, cap + 1 - total)
+                except zlib.error as exc:
+                    raise ParseError(
+                        f"the {request.what} answer could not be decoded: {exc}"
+                    ) from None
+                if decoder.unconsumed_tail:  # more than the cap still to come out
+                    raise self._too_big(request)
             total += len(chunk)
-            if total > cap and encoding == "identity":
+            if total > cap:
                 raise self._too_big(request)
             chunks.append(chunk)
-        content = b"".join(chunks)
-        return content if encoding == "identity" else self._decode(content, encoding, request)
-
-    def _decode(self, content: bytes, encoding: str, request: Request) -> bytes:
-        if encoding not in ("gzip", "x-gzip", "deflate"):
-            raise ParseError(f"the {request.what} answer has an unknown encoding {encoding!r}")
-        decoder = zlib.decompressobj(47 if encoding != "deflate" else zlib.MAX_WBITS)
-        try:
-            out = decoder.decompress(content, self._max_bytes + 1)
-        except zlib.error as exc:
-            raise ParseError(f"the {request.what} answer could not be decoded: {exc}") from None
-        if len(out) > self._max_bytes or decoder.unconsumed_tail:
-            raise self._too_big(request)
-        return out
+        return b"".join(chunks)
 
     def _check_declared(self, declared: str | None, request: Request) -> int | None:
         """The declared body length (None if absent or unreadable); over the cap: PARSE_ERROR."""
@@ -518,9 +580,17 @@ class Transport:
         response = self._adapter.send(prepared, timeout=(left, left), **self._send_kwargs)
         try:
             self._check_declared(response.headers.get("Content-Length"), request)
+            # one receive at a time where the adapter's stream allows it (urllib3 >= 2.3), so the
+            # deadline is checked between pieces of a trickling body
+            read1 = getattr(response.raw, "read1", None)
+            pieces = (
+                iter(lambda: read1(_CHUNK, decode_content=True), b"")
+                if read1 is not None
+                else response.iter_content(_CHUNK)
+            )
             chunks: list[bytes] = []
             total = 0
-            for chunk in response.iter_content(_CHUNK):
+            for chunk in pieces:
                 if request.deadline.remaining() <= 0:
                     raise _deadline_error(request)
                 total += len(chunk)
@@ -574,10 +644,10 @@ def _classify(exc: Exception, request: Request, base_url: str) -> PersonalizeErr
         )
     if _caused_by(exc, ssl.SSLError) or _caused_by(exc, ssl.CertificateError):
         return NetworkError(f"{where}: TLS failed: {_short(exc)}")
+    if _caused_by(exc, http.client.RemoteDisconnected):  # (a ConnectionResetError too)
+        return NetworkError(f"{where}: the server closed the connection without answering")
     if _caused_by(exc, ConnectionResetError) or _caused_by(exc, BrokenPipeError):
         return NetworkError(f"{where}: connection reset by the server")
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return NetworkError(f"{where}: the server closed the connection without answering")
     if isinstance(exc, http.client.IncompleteRead):
         return NetworkError(f"{where}: the connection broke before the whole answer came")
     if isinstance(exc, http.client.HTTPException):
@@ -596,8 +666,9 @@ def _classify(exc: Exception, request: Request, base_url: str) -> PersonalizeErr
 
 def _scrubbed(exc: BaseException) -> BaseException:
     """The same kind of exception with the same message, and no traceback."""
-    try:
-        copy = type(exc)(*exc.args)
+    args = tuple(_short(a) if isinstance(a, BaseException) else a for a in exc.args)
+    try:  # (an exception among the args keeps its own frames: only its text is kept)
+        copy = type(exc)(*args)
     except Exception:
         copy = RuntimeError(f"{type(exc).__name__}: {_short(exc)}")
     copy.__traceback__ = None

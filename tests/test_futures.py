@@ -1,5 +1,7 @@
-"""Where a fetch runs: every fetch starts on a worker at once (one place), whatever waits for
-it; identical fetches in flight share one request and hold no thread while they wait."""
+"""Where a fetch runs: once, in one place (the call's claim), on the thread that waits for it in
+``result()``, or on a worker as soon as anything else needs it (a callback, ``wait``,
+``as_completed``, asyncio, a short timeout) or after START_AFTER when nothing waits; identical
+fetches in flight share one request and hold no thread while they wait."""
 
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from moengage_personalize import (
+    ErrorCode,
     ExperienceCampaignsResult,
     MoEngagePersonalize,
     PersonalizeConfig,
+    PersonalizeError,
     User,
 )
 
@@ -84,19 +88,41 @@ def fetch(client: MoEngagePersonalize, user: str = "u1") -> Future[ExperienceCam
     return client.fetch_experience("homepage-banner", user=user)
 
 
-def test_a_fetch_starts_on_a_worker_at_once(counted: MoEngagePersonalize) -> None:
-    """The call is handed to the executor when the fetch is made, before anything waits."""
+def test_result_runs_the_call_on_the_waiting_thread(
+    counted: MoEngagePersonalize, pool: CountingExecutor
+) -> None:
+    """result() right after the fetch runs the call itself: nothing goes to a worker."""
+    seen: list[str] = []
     future = fetch(counted)
-    assert counted._executor.submitted == 1  # type: ignore[attr-defined]
-    assert future.result(FUTURE_TIMEOUT).experiences[0].experience_key == "homepage-banner"
+    future.add_done_callback(lambda _f: seen.append(threading.current_thread().name))
+    # add_done_callback hands the call to a worker at once
+    assert future.result(FUTURE_TIMEOUT).experiences
+    assert pool.submitted == 1
+    plain = fetch(counted, "u2")
+    assert plain.result(FUTURE_TIMEOUT).experiences
+    assert pool.submitted == 1  # this one ran on the test's own thread
 
 
-def test_a_call_nobody_waits_for_still_completes(counted: MoEngagePersonalize) -> None:
-    """No result(), no callback: the Future completes by itself."""
+def test_result_with_a_short_timeout_hands_the_call_to_a_worker(
+    counted: MoEngagePersonalize, pool: CountingExecutor
+) -> None:
+    """A result(timeout) shorter than the deadline left must be able to stop waiting: the
+    call goes to a worker."""
     future = fetch(counted)
-    concurrent.futures.wait([future], timeout=FUTURE_TIMEOUT)
+    assert future.result(0.9 * counted.config.timeout).experiences
+    assert pool.submitted == 1
+
+
+def test_a_call_nobody_waits_for_starts_on_a_worker_by_itself(
+    counted: MoEngagePersonalize, pool: CountingExecutor
+) -> None:
+    """No result(), no callback: a worker starts it after START_AFTER."""
+    future = fetch(counted)
+    deadline = time.monotonic() + FUTURE_TIMEOUT
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert future.done()
-    assert future.exception() is None
+    assert pool.submitted == 1
 
 
 @pytest.mark.parametrize("how", ["add_done_callback", "wait", "as_completed", "wrap_future"])
@@ -182,6 +208,7 @@ def test_a_cancelled_leader_does_not_cancel_the_calls_that_joined_it(
     with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config) as client:
         client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
         busy = fetch(client, "occupies-the-worker")
+        busy.add_done_callback(lambda _f: None)  # on the only worker now
         leader = fetch(client)
         follower = fetch(client)
         assert leader.cancel()
@@ -214,3 +241,42 @@ def test_result_inside_a_callback_of_another_fetch_completes(
     fetch(counted).add_done_callback(then)
     assert done.wait(FUTURE_TIMEOUT)
     assert got[0].experiences
+
+
+def test_ctrl_c_while_the_caller_runs_its_call_reaches_the_caller(
+    counted: MoEngagePersonalize, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt inside a call run in result() is raised to the caller (not turned into
+    a PersonalizeError), and the Future still completes for anyone else waiting on it."""
+
+    def interrupted(*_args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(counted._core, "fetch", interrupted)
+    future = fetch(counted)
+    with pytest.raises(KeyboardInterrupt):
+        future.result(FUTURE_TIMEOUT)
+    error = future.exception(0)
+    assert isinstance(error, PersonalizeError)
+    assert error.code is ErrorCode.UNKNOWN
+
+
+def test_a_caller_running_its_call_connects_even_when_every_worker_is_busy(
+    with_meta: HTTPServer, base_url: str
+) -> None:
+    """A caller running its own call connects on a thread of its own (bounded by the deadline),
+    never queued behind the workers (which may all be waiting for this very caller)."""
+    with_meta.expect_request(FETCH).respond_with_json(served("homepage-banner"))
+    gate = threading.Event()
+    config = PersonalizeConfig(max_workers=1, timeout=2)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(gate.wait, FUTURE_TIMEOUT)  # the only worker is busy
+        client = MoEngagePersonalize(
+            APP_ID, api_key=API_KEY, base_url=base_url, executor=pool, config=config
+        )
+        try:
+            result = client.fetch_experience("homepage-banner", user="u1").result(FUTURE_TIMEOUT)
+            assert result.experiences[0].experience_key == "homepage-banner"
+        finally:
+            gate.set()
+            client.close()

@@ -1,10 +1,13 @@
-"""Transport: injected sessions and adapters, compressed answers, connection reuse."""
+"""Transport: injected sessions and adapters, proxies (session and environment), compressed and
+undelimited answers, keep-alive and pooled connections the server ended, one send per request.
+
+Every test goes through the public API against a real server on 127.0.0.1 (pytest-httpserver, or
+the raw-socket :class:`RawServer` below when the test needs to see connections and reads).
+"""
 
 from __future__ import annotations
 
 import gzip
-import http.client
-import io
 import json
 import pathlib
 import socket
@@ -12,14 +15,14 @@ import ssl
 import struct
 import threading
 import time
-import types
-from typing import Any
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 import pytest
 import requests
 import requests.adapters
 import trustme
-import urllib3.exceptions
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -29,13 +32,30 @@ from moengage_personalize import (
     PersonalizeConfig,
     PersonalizeError,
     RetryPolicy,
-    _transport,
 )
-from moengage_personalize._transport import Running, _parse_headers, _releasing, running
 
-from support import API_KEY, APP_ID, DEFAULT_META, FUTURE_TIMEOUT, requests_to
+from support import API_KEY, APP_ID, DEFAULT_META, FUTURE_TIMEOUT, Sleeps, requests_to, served
 
 META = "/v1/experiences/metadata"
+FETCH = "/v1/experiences/fetch"
+META_BODY = json.dumps(DEFAULT_META).encode()
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
+NO_PROXY_VARIABLES = ("NO_PROXY", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_or_ca_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Injected sessions trust the environment: a proxy or CA bundle set where the tests run must
+    not change where they connect. Tests that want such variables set them themselves."""
+    for name in (*PROXY_VARIABLES, *NO_PROXY_VARIABLES, "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
 
 
 class CountingAdapter(requests.adapters.HTTPAdapter):
@@ -50,252 +70,99 @@ class CountingAdapter(requests.adapters.HTTPAdapter):
         return super().send(request, **kwargs)
 
 
-def test_custom_adapter_sees_every_request(with_meta: HTTPServer, base_url: str) -> None:
-    """A session whose adapter overrides send() gets every request through it."""
+def adapter_session() -> requests.Session:
+    """A session whose adapter overrides send(): the client goes through ``adapter.send()``."""
     session = requests.Session()
-    adapter = CountingAdapter()
-    session.mount("http://", adapter)
-    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, session=session) as c:
-        c.fetch_experiences_meta().result(FUTURE_TIMEOUT)
-    assert adapter.sent == 1
-    session.get(base_url + "/experiences/metadata").close()  # the session stays the caller's
+    session.mount("http://", CountingAdapter())
+    session.mount("https://", CountingAdapter())
+    return session
 
 
-def test_injected_session_headers_are_sent_and_session_kept_open(
-    with_meta: HTTPServer, base_url: str
-) -> None:
-    """Headers set on an injected session go out with every call; close() leaves it open."""
-    session = requests.Session()
-    session.headers["X-App"] = "shop"
-    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, session=session) as c:
-        c.fetch_experiences_meta().result(FUTURE_TIMEOUT)
-    (req,) = requests_to(with_meta, META)
-    assert req.headers["X-App"] == "shop"
-    assert "python-requests" not in req.headers["User-Agent"]
-    assert session.get(base_url + "/experiences/metadata").status_code == 200
-
-
-def test_client_survives_its_session_pools_being_closed(
-    with_meta: HTTPServer, base_url: str
-) -> None:
-    """If the injected session's pools are closed under it, the client resolves a new one."""
-    session = requests.Session()
-    config = PersonalizeConfig(meta_ttl=0)
-    with MoEngagePersonalize(
-        APP_ID, api_key=API_KEY, base_url=base_url, session=session, config=config
-    ) as client:
-        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
-        session.close()
-        assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
-
-
-def test_gzip_answers_are_decoded(httpserver: HTTPServer, client: MoEngagePersonalize) -> None:
-    """A gzip-encoded answer is decompressed."""
-    body = gzip.compress(json.dumps(DEFAULT_META).encode())
-    httpserver.expect_request(META).respond_with_data(
-        body, headers={"Content-Encoding": "gzip"}, content_type="application/json"
+def make_client(
+    base_url: str, route: str = "direct", session: requests.Session | None = None, **options: Any
+) -> MoEngagePersonalize:
+    """A client on ``route``: ``"direct"`` (the default path, no session) or ``"adapter"`` (an
+    injected session with a custom adapter). Retry sleeps are recorded, not slept."""
+    if route == "adapter":
+        session = adapter_session()
+    options.setdefault("sleep", Sleeps())
+    config = PersonalizeConfig(**options)
+    return MoEngagePersonalize(
+        APP_ID, api_key=API_KEY, base_url=base_url, config=config, session=session
     )
-    assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
 
 
-def test_gzip_bomb_is_stopped_at_the_cap(httpserver: HTTPServer, base_url: str) -> None:
-    """A small compressed body that expands past max_response_bytes fails PARSE_ERROR."""
-    bomb = gzip.compress(b'{"metadata": {"experiences": [], "pad": "' + b"x" * 5_000_000 + b'"}}')
-    httpserver.expect_request(META).respond_with_data(
-        bomb, headers={"Content-Encoding": "gzip"}, content_type="application/json"
-    )
-    config = PersonalizeConfig(max_response_bytes=100_000)
-    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url, config=config) as c:
-        err = c.fetch_experiences_meta().exception(FUTURE_TIMEOUT)
-    assert isinstance(err, PersonalizeError)
-    assert err.code is ErrorCode.PARSE_ERROR
+ROUTES = pytest.mark.parametrize("route", ["direct", "adapter"])
 
 
-def test_answer_without_content_length_is_read_whole(
-    httpserver: HTTPServer, client: MoEngagePersonalize
-) -> None:
-    """A chunked answer (no Content-Length) is read to its end."""
-
-    def chunked(_request: Request) -> Response:
-        text = json.dumps(DEFAULT_META)
-        return Response(iter([text[:10], text[10:]]), content_type="application/json")
-
-    httpserver.expect_request(META).respond_with_handler(chunked)
-    assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+# a raw HTTP/1.1 server -------------------------------------------------------------------------
 
 
-def test_injected_session_proxies_are_used(httpserver: HTTPServer) -> None:
-    """Proxies set on an injected session (per client, not via the environment) carry the calls:
-    the 'proxy' (a local server) receives them in absolute form."""
-    httpserver.expect_request(META).respond_with_json(DEFAULT_META)
-    session = requests.Session()
-    session.proxies = {"http": httpserver.url_for("/").rstrip("/")}
-    session.trust_env = False
-    config = PersonalizeConfig(allow_insecure_http=True)
-    with MoEngagePersonalize(
-        APP_ID,
-        api_key=API_KEY,
-        base_url="http://personalize.example.invalid/v1",
-        session=session,
-        config=config,
-    ) as client:
-        assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
-    (req,) = requests_to(httpserver, META)
-    assert req.headers["Host"] == "personalize.example.invalid"
+class Seen(NamedTuple):
+    """One request as the server received it."""
+
+    line: str  # the request line
+    headers: dict[str, str]  # names in lower case
+    first: int  # bytes returned by the first recv() of this request
+    head: int  # bytes of the header block, blank line included
+    body: bytes
 
 
-# response headers --------------------------------------------------------------------------------
-
-_HEADER_BLOCKS = {
-    "plain": b"Content-Type: application/json\r\nContent-Length: 12\r\n\r\n",
-    "bare_newlines": b"Content-Type: application/json\nX-A: 1\n\n",
-    "duplicates": b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Request-Id: r1\r\n\r\n",
-    "no_space_and_empty": b"X-A:1\r\nX-Empty:\r\nX-Spaces:   padded  \r\n\r\n",
-    "tabs": b"X-Tab:\tvalue\t\r\n\r\n",
-    "folded": b"X-Long: first\r\n  second\r\n\tthird\r\nX-Next: n\r\n\r\n",
-    "colon_in_value": b"Location: http://h:1/p?q=a:b\r\n\r\n",
-    "empty_name": b": nameless\r\nX-A: 1\r\n\r\n",
-    "malformed_line": b"X-A: 1\r\nNot a header line\r\nX-B: 2\r\n\r\n",
-    "space_in_name": b"X-A: 1\r\nBad Name: 2\r\nX-C: 3\r\n\r\n",
-    "latin1": "X-Name: caf\u00e9\r\n\r\n".encode("latin-1"),
-    "no_headers": b"\r\n",
-    "eof_without_blank_line": b"X-A: 1\r\n",
-    "first_line_folded": b" orphan\r\nX-A: 1\r\n\r\n",
-    "folded_after_nameless": b"X-A: 1\r\n: x\r\n cont\r\nX-B: 2\r\n\r\n",
-    "envelope_first": b"From someone\r\nX-A: 1\r\n\r\n",
-    "envelope_middle": b"X-A: 1\r\nFrom someone\r\nX-B: 2\r\n\r\n",
-    "envelope_last": b"X-A: 1\r\nFrom someone\r\n\r\n",
-    "envelope_last_then_junk": b"X-A: 1\r\nFrom someone\r\njunk\r\n\r\n",
-    "bare_cr_inside": b"X-A: 1\rX-B: 2\r\nX-C: 3\r\n\r\n",
-    "bare_cr_at_end": b"X-A: 1\r\nX-B: 2\r",
-    "other_separators": b"X-A: a\x0bb\x0cc\x1cd\x85e\r\n\r\n",
-}
+def _answer(body: bytes, *, close: bool = False) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: %s\r\n" % (
+        b"close" if close else b"keep-alive"
+    ) + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
-@pytest.mark.parametrize("block", list(_HEADER_BLOCKS.values()), ids=list(_HEADER_BLOCKS))
-def test_lean_header_parser_matches_http_client(block: bytes) -> None:
-    """The transport's header parser gives what http.client's (the email parser) gives: names,
-    values, order, and any line it cannot take left in the payload; it reads the same bytes."""
-    expected_fp, lean_fp = io.BytesIO(block + b"BODY"), io.BytesIO(block + b"BODY")
-    expected = http.client.parse_headers(expected_fp)
-    lean = _parse_headers(lean_fp)
-    assert lean.items() == expected.items()
-    assert (lean.get_payload() or "") == (expected.get_payload() or "")
-    assert lean_fp.read() == expected_fp.read()
-    assert lean.get("content-type") == expected.get("content-type")
+class RawServer:
+    """HTTP/1.1 on raw sockets at 127.0.0.1, one thread per connection, keeping each open.
 
-
-def test_lean_header_parser_keeps_http_clients_limits() -> None:
-    """Over 100 header lines or a line over 64 KiB: the errors http.client raises."""
-    too_many = b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n"
-    with pytest.raises(http.client.HTTPException, match="more than 100 headers"):
-        _parse_headers(io.BytesIO(too_many))
-    with pytest.raises(http.client.HTTPException, match="more than 100 headers"):
-        http.client.parse_headers(io.BytesIO(too_many))
-    too_long = b"X-A: " + b"a" * 70_000 + b"\r\n\r\n"
-    with pytest.raises(http.client.LineTooLong):
-        _parse_headers(io.BytesIO(too_long))
-
-
-# running calls and their sockets -----------------------------------------------------------------
-
-
-def test_a_connection_given_back_to_the_pool_is_no_longer_the_calls() -> None:
-    """urllib3 gives a connection back as soon as its body is read; from then on aborting the
-    call that used it must not touch it (another call may be using it)."""
-    left, right = socket.socketpair()
-    try:
-        conn = types.SimpleNamespace(sock=left)
-        run = Running(time.monotonic() + 5)
-        run.attach(conn)
-        put: list[object] = []
-        _releasing(put.append)(conn)
-        assert put == [conn]
-        run.abort()
-        left.sendall(b"still open")
-        assert right.recv(64) == b"still open"
-    finally:
-        left.close()
-        right.close()
-
-
-def test_aborting_a_call_shuts_its_socket_and_never_raises() -> None:
-    """abort() shuts the socket the call is using; a socket of another kind is shut its own way,
-    and nothing it raises escapes (the deadline thread calls it)."""
-    left, right = socket.socketpair()
-    try:
-        run = Running(time.monotonic() + 5)
-        run.attach(types.SimpleNamespace(sock=left))
-        run.abort()
-        assert right.recv(64) == b""  # the peer sees the shutdown
-        assert run.aborted
-    finally:
-        left.close()
-        right.close()
-
-    class Odd:
-        def shutdown(self, how: int) -> None:
-            raise TypeError("not a socket")
-
-    other = Running(time.monotonic() + 5)
-    other.attach(types.SimpleNamespace(sock=Odd()))
-    other.abort()  # no exception
-
-
-def test_a_connect_that_ends_after_the_deadline_passed_is_not_used(
-    with_meta: HTTPServer, base_url: str
-) -> None:
-    """A call aborted while its connection was being opened does not go on to read from it."""
-    client = MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url)
-    try:
-        pool = client._transport._connection_pool()
-        conn = pool._new_conn()
-        run = Running(time.monotonic() + 5)
-        run.abort()
-        previous = running(run)
-        try:
-            with pytest.raises(urllib3.exceptions.ConnectTimeoutError):
-                conn.connect()
-        finally:
-            running(previous)
-        assert conn.sock is None
-    finally:
-        client.close()
-
-
-# pooled connections and their sockets -----------------------------------------------------------
-
-
-class MetaServer:
-    """Answers ``GET`` with DEFAULT_META (or ``answer``), keeping each connection open. ``end``: after its
-    first answer (keep-alive announced all the same), each connection waits for :meth:`end_idle`
-    to ``"close"`` or ``"reset"`` it, as a server does whose idle timeout is short, or that
-    restarts. TLS with ``context``."""
+    Answers each path of ``bodies`` (metadata and fetch by default) with that JSON body, or every
+    request with the raw ``answer`` (closing the connection after it when it says
+    ``Connection: close``; ``b""``: closing it without answering). Records every request (:class:`Seen`) and counts connections.
+    ``end``: after its first answer each connection waits for :meth:`end_idle`, then ``"close"``
+    or ``"reset"`` ends it (a server whose idle timeout is short, or that restarts) or
+    ``"stray"`` sends an answer nobody asked for. TLS with ``context``. ``spin``: the first read
+    of each request polls without sleeping (plain http only), so that it sees the first segment
+    that arrives and nothing later.
+    """
 
     def __init__(
         self,
         *,
+        bodies: Mapping[str, bytes] | None = None,
+        answer: bytes | None = None,
         end: str | None = None,
         context: ssl.SSLContext | None = None,
-        answer: bytes | None = None,
+        spin: bool = False,
     ) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
-        self.end = end
+        self.bodies = dict(
+            bodies
+            if bodies is not None
+            else {META: META_BODY, FETCH: json.dumps(served("homepage-banner")).encode()}
+        )
         self.answer = answer
+        self.end = end
         self.context = context
+        self.spin = spin
         self.accepted = 0
-        self.answered = 0
-        self.closed = threading.Event()
+        self.seen: list[Seen] = []
+        self._ended = threading.Event()
         self._end_now = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
     @property
+    def url(self) -> str:
+        return f"{'https' if self.context else 'http'}://127.0.0.1:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        return f"{'https' if self.context else 'http'}://127.0.0.1:{self.port}/v1"
+        return self.url + "/v1"
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -307,43 +174,90 @@ class MetaServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        body = json.dumps(DEFAULT_META).encode()
-        answer = self.answer or (
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-            b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
         try:
             conn.settimeout(5)
             if self.context is not None:
                 conn = self.context.wrap_socket(conn, server_side=True)
-            data = b""
+            pending = b""
             while not self._stop.is_set():
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                data = data.split(b"\r\n\r\n", 1)[1]
-                self.answered += 1  # before the answer: the client may be done right after it
-                conn.sendall(answer)
-                if self.end:
-                    self._end_now.wait(5)  # the answer is read by then (a reset drops it)
-                    if self.end == "reset":
-                        linger = struct.pack("ii", 1, 0)
-                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                got = self._read_request(conn, pending)
+                if got is None:
                     return
+                seen, pending = got
+                path = seen.line.split(" ")[1]
+                answer = self.answer
+                if answer is None:
+                    answer = _answer(self.bodies.get(path, b"{}"))
+                self.seen.append(seen)  # before the answer: the client may be done right after
+                if not answer:
+                    return  # closes without answering
+                conn.sendall(answer)
+                if self.answer is not None and b"connection: close" in answer.lower():
+                    return
+                if self.end:
+                    self._end_idle_connection(conn)
+                    if self.end != "stray":
+                        return
         except OSError:
             return
         finally:
             conn.close()
-            self.closed.set()
+            if self.end in ("close", "reset"):
+                self._ended.set()
+
+    def _read_request(self, conn: socket.socket, pending: bytes) -> tuple[Seen, bytes] | None:
+        data, first = pending, len(pending) or None
+        if not data and self.spin:
+            data = self._first_bytes(conn)
+            first = len(data)
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                return None
+            first = first or len(chunk)
+            data += chunk
+        head, rest = data.split(b"\r\n\r\n", 1)
+        line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for text in lines:
+            name, _, value = text.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                return None
+            rest += chunk
+        seen = Seen(line, headers, first or 0, len(head) + 4, rest[:length])
+        return seen, rest[length:]
+
+    @staticmethod
+    def _first_bytes(conn: socket.socket) -> bytes:
+        """What the first read gets, polled without sleeping: a read that woke up on the first
+        segment could find a second one arrived meanwhile; a busy poll sees the first alone."""
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            try:
+                return conn.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+        raise TimeoutError("no request came")
+
+    def _end_idle_connection(self, conn: socket.socket) -> None:
+        self._end_now.wait(5)  # the answer is read by then (a reset would drop it)
+        if self.end == "reset":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif self.end == "stray":
+            conn.sendall(_answer(b'{"stray": true}'))
+            self._ended.set()
 
     def end_idle(self) -> None:
-        """End the connection that answered (see ``end``); back once it is closed."""
+        """End the connection that answered (see ``end``); back once that is done."""
         self._end_now.set()
-        assert self.closed.wait(5)
-        self.closed.clear()
+        assert self._ended.wait(5)
+        self._ended.clear()
         self._end_now.clear()
+        time.sleep(0.02)  # what the server did reaches the client's socket (loopback)
 
     def close(self) -> None:
         self._stop.set()
@@ -352,146 +266,424 @@ class MetaServer:
         self.sock.close()
 
 
-@pytest.mark.parametrize("how", ["close", "reset"])
-@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_a_pooled_connection_the_server_ended_is_replaced_before_use(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, tls: bool, how: str
-) -> None:
-    """A kept-alive connection the server closed or reset while it sat in the pool is found
-    out before a request goes out on it: each call opens a new one, with no error and no
-    retry (retries are even switched off), and the server sees each request once."""
-    context = _trusted_tls(monkeypatch, tmp_path) if tls else None
-    server = MetaServer(end=how, context=context)
-    config = PersonalizeConfig(retry=RetryPolicy(max_attempts=1))
-    try:
-        with MoEngagePersonalize(
-            APP_ID, api_key=API_KEY, base_url=server.base_url, config=config
-        ) as client:
-            transport = client._transport
-            for _ in range(3):
-                deadline = time.monotonic() + FUTURE_TIMEOUT
-                answer = transport.request("GET", "/experiences/metadata", None, deadline, what="m")
-                assert answer == DEFAULT_META
-                server.end_idle()
-            assert (server.accepted, server.answered) == (3, 3)
-            assert transport.retries.value == 0
-    finally:
-        server.close()
+@pytest.fixture
+def raw_server() -> Iterator[RawServer]:
+    server = RawServer()
+    yield server
+    server.close()
 
 
-def _trusted_tls(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> ssl.SSLContext:
-    """A server context with a certificate from a local CA the client trusts (through
-    REQUESTS_CA_BUNDLE, as an app would)."""
+def _trust(tmp_path: pathlib.Path) -> tuple[ssl.SSLContext, requests.Session]:
+    """A server context with a certificate for 127.0.0.1 from a local CA, and a plain session
+    whose ``verify`` trusts that CA (the client keeps the direct path for it)."""
     ca = trustme.CA()
     bundle = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(bundle))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("127.0.0.1").configure_cert(context)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
-    return context
+    session = requests.Session()
+    session.verify = str(bundle)
+    return context, session
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_pooled_sockets_skip_unchanged_timeouts(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, tls: bool
+# injected sessions and adapters ----------------------------------------------------------------
+
+
+def test_custom_adapter_sees_every_request(with_meta: HTTPServer, base_url: str) -> None:
+    """A session whose adapter overrides send() gets every request through it; the session
+    stays the caller's."""
+    with_meta.expect_request(FETCH, method="POST").respond_with_json(served("homepage-banner"))
+    session = requests.Session()
+    adapter = CountingAdapter()
+    session.mount("http://", adapter)
+    with make_client(base_url, session=session) as client:
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        result = client.fetch_experience("homepage-banner").result(FUTURE_TIMEOUT)
+    assert [c.experience_key for c in result.experiences] == ["homepage-banner"]
+    assert adapter.sent == 2
+    assert session.get(base_url + "/experiences/metadata").status_code == 200
+    assert adapter.sent == 3
+
+
+def test_injected_session_headers_are_sent_and_session_kept_open(
+    with_meta: HTTPServer, base_url: str
 ) -> None:
-    """The pooled connection's socket (TLS too: a local CA trusted through REQUESTS_CA_BUNDLE,
-    as an app would) is the lean one: calls go through and reuse it, and its timeout still
-    changes when asked."""
-    context = _trusted_tls(monkeypatch, tmp_path) if tls else None
-    server = MetaServer(context=context)
+    """Headers set on an injected (plain) session go out with every call, the SDK's own
+    credentials and User-Agent win; close() leaves the session open."""
+    session = requests.Session()
+    session.headers["X-App"] = "shop"
+    with make_client(base_url, session=session) as client:
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        assert client._transport._adapter is None  # a plain session keeps the direct path
+    (req,) = requests_to(with_meta, META)
+    assert req.headers["X-App"] == "shop"
+    assert req.headers["MOE-APPKEY"] == APP_ID
+    assert req.headers["Authorization"].startswith("Basic ")
+    assert req.headers["User-Agent"].startswith("moengage-personalize-python/")
+    assert session.get(base_url + "/experiences/metadata").status_code == 200
+
+
+def test_a_session_header_set_to_none_is_not_sent(with_meta: HTTPServer, base_url: str) -> None:
+    """requests drops a session header whose value is None; so does the client."""
+    session = requests.Session()
+    session.headers["X-Dropped"] = None  # type: ignore[assignment]
+    session.headers["X-App"] = "shop"
+    with make_client(base_url, session=session) as client:
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+    (req,) = requests_to(with_meta, META)
+    assert "X-Dropped" not in req.headers
+    assert req.headers["X-App"] == "shop"
+
+
+@pytest.mark.parametrize("route", ["plain", "adapter"])
+def test_client_survives_its_session_pools_being_closed(
+    with_meta: HTTPServer, base_url: str, route: str
+) -> None:
+    """If the injected session's pools are closed under it, the next call still goes through."""
+    session = adapter_session() if route == "adapter" else requests.Session()
+    with make_client(base_url, session=session, meta_ttl=0) as client:
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        session.close()
+        assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+    assert len(requests_to(with_meta, META)) == 2
+
+
+# answers ---------------------------------------------------------------------------------------
+
+
+@ROUTES
+def test_gzip_answers_are_decoded(httpserver: HTTPServer, base_url: str, route: str) -> None:
+    """A gzip-encoded answer is decompressed."""
+    body = gzip.compress(META_BODY)
+    httpserver.expect_request(META).respond_with_data(
+        body, headers={"Content-Encoding": "gzip"}, content_type="application/json"
+    )
+    with make_client(base_url, route) as client:
+        assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+
+
+@ROUTES
+def test_gzip_bomb_is_stopped_at_the_cap(httpserver: HTTPServer, base_url: str, route: str) -> None:
+    """A small compressed body that expands past max_response_bytes fails PARSE_ERROR."""
+    bomb = gzip.compress(b'{"metadata": {"experiences": [], "pad": "' + b"x" * 5_000_000 + b'"}}')
+    httpserver.expect_request(META).respond_with_data(
+        bomb, headers={"Content-Encoding": "gzip"}, content_type="application/json"
+    )
+    with make_client(base_url, route, max_response_bytes=100_000) as client:
+        err = client.fetch_experiences_meta().exception(FUTURE_TIMEOUT)
+    assert isinstance(err, PersonalizeError)
+    assert err.code is ErrorCode.PARSE_ERROR
+    assert "cap" in err.message
+
+
+def test_a_compressed_stream_is_stopped_at_the_cap() -> None:
+    """A chunked gzip answer far bigger than max_response_bytes is abandoned early: the client
+    stops reading near the cap instead of taking the whole stream in first."""
+    total = 64 << 20
+    sent = [0]
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                stored = zlib.compressobj(0, zlib.DEFLATED, 31)  # no compression: fast
+                block = b"x" * (1 << 20)
+                for _ in range(total >> 20):
+                    piece = stored.compress(block)
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    sent[0] += len(piece)
+                tail = stored.flush()
+                conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
+            except OSError:
+                return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
     try:
-        assert server.base_url.startswith("https://" if tls else "http://")
-        with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=server.base_url) as client:
-            transport = client._transport
-            for _ in range(3):
-                deadline = time.monotonic() + FUTURE_TIMEOUT
-                assert transport.request("GET", "/experiences/metadata", None, deadline, what="m")
-            (conn,) = [c for c in transport._connection_pool().pool.queue if c is not None]
-            lean = _transport._LeanSSLSocket if tls else _transport._LeanSocket
-            assert type(conn.sock) is lean
-            sock = conn.sock
-            for value in (None, 1.5, 1.5, None, 2):
-                sock.settimeout(value)
-                assert sock.gettimeout() == value
-            assert client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences is not None
-            assert conn.sock is sock  # one connection all along
-        assert (server.accepted, server.answered) == (1, 4)
+        with make_client(
+            url, max_response_bytes=100_000, timeout=20, retry=RetryPolicy(max_attempts=1)
+        ) as client:
+            err = client.fetch_experiences_meta().exception(30)
+        thread.join(10)
+    finally:
+        listener.close()
+    assert isinstance(err, PersonalizeError)
+    assert err.code is ErrorCode.PARSE_ERROR
+    assert sent[0] < total // 2  # socket buffers hold a few MiB, not the whole stream
+
+
+def test_an_answer_refused_at_the_cap_is_closed_at_once() -> None:
+    """An answer declaring more than max_response_bytes on a connection the server will close
+    (Connection: close): the client closes its socket at once, even while the caller keeps the
+    error, so the server sees the end of the connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    saw_the_end: list[bool] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(2)
+            try:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 5000\r\n\r\n" + b" " * 5000
+                )
+                saw_the_end.append(conn.recv(1) == b"")
+            except OSError:  # TimeoutError: the client never closed
+                saw_the_end.append(False)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    try:
+        with make_client(url, max_response_bytes=1000, retry=RetryPolicy(max_attempts=1)) as client:
+            err = client.fetch_experiences_meta().exception(FUTURE_TIMEOUT)
+            thread.join(5)
+    finally:
+        listener.close()
+    assert isinstance(err, PersonalizeError)
+    assert err.code is ErrorCode.PARSE_ERROR
+    assert saw_the_end == [True]
+
+
+@ROUTES
+def test_answer_without_content_length_is_read_whole(
+    httpserver: HTTPServer, base_url: str, route: str
+) -> None:
+    """A streamed answer (no Content-Length) is read to its end."""
+
+    def streamed(_request: Request) -> Response:
+        text = META_BODY.decode()
+        return Response(iter([text[:10], text[10:]]), content_type="application/json")
+
+    httpserver.expect_request(META).respond_with_handler(streamed)
+    with make_client(base_url, route) as client:
+        assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+
+
+@ROUTES
+def test_answer_ended_by_closing_the_connection_is_read_whole(route: str) -> None:
+    """An answer with neither Content-Length nor chunks (it ends when the server closes) is
+    read whole, and the next call opens a new connection."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+    server = RawServer(answer=answer + META_BODY)
+    try:
+        with make_client(server.base_url, route, meta_ttl=0) as client:
+            for _ in range(2):
+                assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+        assert (server.accepted, len(server.seen)) == (2, 2)
     finally:
         server.close()
 
 
-class _CountingSocket(_transport._LeanSocket):
-    __slots__ = ()
-    sent: list[int] = []  # noqa: RUF012 - the test reads it
-
-    def sendall(self, data: Any, *args: Any) -> None:
-        type(self).sent.append(len(data))
-        super().sendall(data, *args)
-
-
-@pytest.mark.parametrize("size", [100, 300_000])
-def test_a_request_goes_out_in_one_send(
-    httpserver: HTTPServer, base_url: str, monkeypatch: pytest.MonkeyPatch, size: int
-) -> None:
-    """The header block and the body leave in one system call, for a fetch's small body and
-    for an events request of a few hundred KiB alike (each call releases the GIL)."""
-    monkeypatch.setattr(_CountingSocket, "sent", [])
-    monkeypatch.setitem(_transport._LEAN, socket.socket, _CountingSocket)
-    httpserver.expect_request("/v1/experiences/events", method="POST").respond_with_json({})
-    body = b'{"elements":["' + b"x" * size + b'"]}'
-    with MoEngagePersonalize(APP_ID, api_key=API_KEY, base_url=base_url) as client:
-        deadline = time.monotonic() + FUTURE_TIMEOUT
-        client._transport.send_once(
-            "POST", "/experiences/events", body, deadline, what="events", budget=FUTURE_TIMEOUT
-        )
-    (request,) = requests_to(httpserver, "/v1/experiences/events")
-    assert request.data == body
-    (sent,) = _CountingSocket.sent
-    assert sent > len(body)  # the header block with it
+@ROUTES
+def test_a_server_closing_without_answering_is_named_so(route: str) -> None:
+    """A server that reads the request and closes without a word: NETWORK_ERROR saying so
+    (not a reset: nothing was reset), one request with retries off."""
+    server = RawServer(answer=b"")
+    try:
+        with make_client(server.base_url, route, retry=RetryPolicy(max_attempts=1)) as client:
+            err = client.fetch_experiences_meta().exception(FUTURE_TIMEOUT)
+        assert len(server.seen) == 1
+    finally:
+        server.close()
+    assert isinstance(err, PersonalizeError)
+    assert err.code is ErrorCode.NETWORK_ERROR
+    assert "closed the connection without answering" in err.message, err.message
 
 
 def test_a_chunked_answer_is_read_whole_whatever_its_content_length_says() -> None:
     """A chunked answer's Content-Length is to be ignored (RFC 9112): the body is read to the
     last chunk, and the connection stays usable for the next call."""
-    body = json.dumps(DEFAULT_META).encode()
     answer = (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
-        b"Content-Length: 2\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        b"Content-Length: 2\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(META_BODY), META_BODY)
     )
-    server = MetaServer(answer=answer)
-    config = PersonalizeConfig(retry=RetryPolicy(max_attempts=1))
+    server = RawServer(answer=answer)
     try:
-        with MoEngagePersonalize(
-            APP_ID, api_key=API_KEY, base_url=server.base_url, config=config
-        ) as client:
+        with make_client(server.base_url, meta_ttl=0, retry=RetryPolicy(max_attempts=1)) as client:
             for _ in range(2):
-                deadline = time.monotonic() + FUTURE_TIMEOUT
-                got = client._transport.request(
-                    "GET", "/experiences/metadata", None, deadline, what="m"
-                )
-                assert got == DEFAULT_META
-        assert (server.accepted, server.answered) == (1, 2)
+                assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+            assert client.stats().retries == 0
+        assert (server.accepted, len(server.seen)) == (1, 2)
     finally:
         server.close()
 
 
-def test_body_reads_ask_for_what_is_missing(client: MoEngagePersonalize) -> None:
-    """Each read asks for no more than the declared length still missing; an empty or
-    undeclared body is read until its end shows (urllib3 closes the answer only then, before
-    the connection goes back to the pool)."""
+# proxies ---------------------------------------------------------------------------------------
 
-    def reads(pieces: list[bytes], expected: int | None) -> tuple[bytes, list[int]]:
-        asked: list[int] = []
-        rest = iter(pieces)
 
-        def read(n: int) -> bytes:
-            asked.append(n)
-            return next(rest, b"")
+@pytest.fixture
+def proxy() -> Iterator[RawServer]:
+    """A stand-in proxy on 127.0.0.1: records what reaches it and answers itself (metadata)."""
+    server = RawServer(answer=_answer(META_BODY, close=True))
+    yield server
+    server.close()
 
-        call = _transport._Call("GET", "/x", None, time.monotonic() + 5, "m", 5.0, "timeout")
-        return client._transport._read_body(read, call, expected), asked
 
-    assert reads([b"a" * 60, b"b" * 40], 100) == (b"a" * 60 + b"b" * 40, [100, 40])
-    assert reads([], 0) == (b"", [_transport._CHUNK])
-    assert reads([b"abc"], None) == (b"abc", [_transport._CHUNK, _transport._CHUNK])
+def _point_the_environment_at(monkeypatch: pytest.MonkeyPatch, proxy: RawServer) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, proxy.url)
+
+
+def test_injected_session_proxies_are_used(httpserver: HTTPServer) -> None:
+    """Proxies set on an injected session (per client, not via the environment) carry the calls:
+    the 'proxy' (a local server) receives them in absolute form; the host is never resolved."""
+    httpserver.expect_request(META).respond_with_json(DEFAULT_META)
+    session = requests.Session()
+    session.proxies = {"http": httpserver.url_for("/").rstrip("/")}
+    session.trust_env = False
+    with make_client(
+        "http://personalize.example.invalid/v1", session=session, allow_insecure_http=True
+    ) as client:
+        assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+    (req,) = requests_to(httpserver, META)
+    assert req.headers["Host"] == "personalize.example.invalid"
+
+
+@pytest.mark.parametrize("environment", ["proxies set", "proxies unset"])
+def test_proxies_from_the_environment_are_ignored_without_an_injected_session(
+    monkeypatch: pytest.MonkeyPatch,
+    proxy: RawServer,
+    raw_server: RawServer,
+    environment: str,
+) -> None:
+    """HTTP_PROXY / HTTPS_PROXY / ALL_PROXY (either case) do not apply to the session the client
+    makes itself: every request goes straight to the service, as with no such variable."""
+    if environment == "proxies set":
+        _point_the_environment_at(monkeypatch, proxy)
+    with make_client(raw_server.base_url) as client:
+        client.fetch_experiences_meta().result(FUTURE_TIMEOUT)
+        result = client.fetch_experience("homepage-banner").result(FUTURE_TIMEOUT)
+    assert [c.experience_key for c in result.experiences] == ["homepage-banner"]
+    assert [s.line.split(" ")[:2] for s in raw_server.seen] == [["GET", META], ["POST", FETCH]]
+    assert raw_server.seen[0].headers["authorization"].startswith("Basic ")
+    assert (proxy.accepted, proxy.seen) == (0, [])
+
+
+def test_an_injected_session_trusting_the_environment_goes_through_its_proxy(
+    monkeypatch: pytest.MonkeyPatch, proxy: RawServer, raw_server: RawServer
+) -> None:
+    """An injected session with trust_env=True (requests' default) follows requests' rules:
+    HTTP_PROXY applies, and the request reaches the proxy in absolute form."""
+    _point_the_environment_at(monkeypatch, proxy)
+    session = requests.Session()
+    assert session.trust_env
+    with make_client(raw_server.base_url, session=session) as client:
+        assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+    (seen,) = proxy.seen
+    assert seen.line == f"GET {raw_server.base_url}/experiences/metadata HTTP/1.1"
+    assert seen.headers["host"] == f"127.0.0.1:{raw_server.port}"
+    assert (raw_server.accepted, raw_server.seen) == (0, [])
+
+
+@pytest.mark.parametrize("how", ["trust_env=False", "NO_PROXY"])
+def test_an_injected_session_bypasses_the_environments_proxy_as_requests_would(
+    monkeypatch: pytest.MonkeyPatch, proxy: RawServer, raw_server: RawServer, how: str
+) -> None:
+    """requests' semantics both ways: a session that does not trust the environment, or a host
+    NO_PROXY lists, goes straight to the service."""
+    _point_the_environment_at(monkeypatch, proxy)
+    session = requests.Session()
+    if how == "NO_PROXY":
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+    else:
+        session.trust_env = False
+    with make_client(raw_server.base_url, session=session) as client:
+        assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+    assert len(raw_server.seen) == 1
+    assert (proxy.accepted, proxy.seen) == (0, [])
+
+
+# connections -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_the_default_path_keeps_its_connection_alive(tmp_path: pathlib.Path, tls: bool) -> None:
+    """Consecutive calls (GET and POST) reuse one connection, over http and over TLS."""
+    context, session = _trust(tmp_path) if tls else (None, None)
+    server = RawServer(context=context)
+    try:
+        assert server.base_url.startswith("https://" if tls else "http://")
+        with make_client(server.base_url, session=session, meta_ttl=0) as client:
+            assert client._transport._adapter is None  # the direct path
+            for _ in range(2):
+                assert len(client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences) == 4
+            client.fetch_experience("homepage-banner").result(FUTURE_TIMEOUT)
+            assert client.stats().requests == 4
+        assert server.accepted == 1
+        assert [s.line.split(" ")[0] for s in server.seen] == ["GET", "GET", "GET", "POST"]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "stray"])
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_pooled_connection_the_server_ended_is_replaced_before_use(
+    tmp_path: pathlib.Path, tls: bool, how: str
+) -> None:
+    """A kept-alive connection the server closed or reset while it sat in the pool, or that
+    holds an answer nobody asked for, is found out before a request goes out on it: each call
+    opens a new one, with no error and no retry (retries are even switched off), and the server
+    sees each request once."""
+    context, session = _trust(tmp_path) if tls else (None, None)
+    server = RawServer(end=how, context=context)
+    try:
+        with make_client(
+            server.base_url, session=session, meta_ttl=0, retry=RetryPolicy(max_attempts=1)
+        ) as client:
+            assert client._transport._adapter is None  # the direct path
+            for _ in range(3):
+                assert client.fetch_experiences_meta().result(FUTURE_TIMEOUT).experiences
+                server.end_idle()
+            stats = client.stats()
+        assert (server.accepted, len(server.seen)) == (3, 3)
+        assert (stats.requests, stats.retries, stats.failures) == (3, 0, {})
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("size", [100, 300_000])
+def test_a_request_goes_out_in_one_send(size: int) -> None:
+    """The header block and the body leave together: the server's first read of each request
+    holds the whole header block and the body (a small body whole; a large one at least its
+    start). A header block sent on its own would arrive alone (http.client sets TCP_NODELAY,
+    and the server's first read takes the first segment that lands)."""
+    server = RawServer(spin=True)
+    try:
+        with make_client(server.base_url, meta_ttl=0) as client:
+            for i in range(3):
+                attributes = {"note": str(i) + "x" * size}
+                client.fetch_experience("homepage-banner", attributes=attributes).result(
+                    FUTURE_TIMEOUT
+                )
+    finally:
+        server.close()
+    assert len(server.seen) == 6
+    for seen in server.seen:
+        if not seen.body:  # metadata: a GET, the header block alone
+            assert seen.first == seen.head
+            continue
+        assert json.loads(seen.body)["note"].endswith("x" * size)
+        if size < 10_000:
+            assert seen.first == seen.head + len(seen.body)
+        else:
+            assert seen.head < seen.first <= seen.head + len(seen.body)

@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
+import requests
+import requests.adapters
+
 from moengage_personalize import (
     DataSource,
     ExperienceCampaign,
@@ -56,11 +59,20 @@ def client_side_threads() -> int:
 class Request:
     """One request as the server read it."""
 
-    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        target: str | None = None,
+    ) -> None:
         self.method = method
         self.path = path
         self.headers = headers
         self.body = body
+        self.target = path if target is None else target  # as sent: absolute through a proxy
+        self.at = time.monotonic()  # when the server had read it
         self.answered: int | None = None  # the status of the complete answer sent, if any
 
     def json(self) -> Any:
@@ -416,16 +428,17 @@ class FaultServer:
         raw_head, _, buffer = buffer.partition(b"\r\n\r\n")
         lines = raw_head.decode("latin-1").split("\r\n")
         method, target, _ = lines[0].split(" ", 2)
+        path = _origin_form(target)
         headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         length = int(headers.get("content-length", "0"))
         with self._lock:
-            unread = length > self._unread.get(target, length)
+            unread = length > self._unread.get(path, length)
         if unread:
             with self._lock:
-                self.log.append(Request(method, target, headers, b""))
+                self.log.append(Request(method, path, headers, b"", target))
             self.interrupt.wait()
             return None, buffer
         while len(buffer) < length:
@@ -440,7 +453,7 @@ class FaultServer:
             buffer += data
         sock.settimeout(None)
         body, buffer = buffer[:length], buffer[length:]
-        return Request(method, target, headers, body), buffer
+        return Request(method, path, headers, body, target), buffer
 
     def close(self) -> None:
         self._stop.set()
@@ -463,6 +476,14 @@ class FaultServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _origin_form(target: str) -> str:
+    """The path of a request target: a client talking to a proxy sends the absolute URL
+    (``GET http://127.0.0.1:port/v1/...``), and a server used as its own proxy answers it alike."""
+    if target.startswith(("http://", "https://")):
+        return "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
+    return target
 
 
 def bound_port() -> socket.socket:
@@ -523,6 +544,54 @@ def make_client(
     )
 
 
+SESSIONS = ("plain", "adapter", "proxy")  # kinds of injected requests.Session
+
+
+class OwnAdapter(requests.adapters.HTTPAdapter):
+    """A mounted adapter of the caller's own (its ``send`` is not HTTPAdapter's): requests carries
+    the calls, through ``adapter.send``. Counts the requests it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sent += 1
+        return super().send(request, *args, **kwargs)
+
+
+def make_session(kind: str, server: FaultServer) -> requests.Session:
+    """An injected session: ``plain`` (a default HTTPAdapter and no proxy: the SDK reads its
+    settings and takes its direct http.client path), ``adapter`` (an adapter of its own mounted)
+    or ``proxy`` (the fault server is its own HTTP proxy): both of those go through requests.
+    The environment's proxy settings are ignored (``trust_env``), so the kind alone picks the
+    path."""
+    session = requests.Session()
+    session.trust_env = False
+    if kind == "adapter":
+        session.mount("http://", OwnAdapter())
+    elif kind == "proxy":
+        session.proxies = {"http": f"http://127.0.0.1:{server.port}"}
+    elif kind != "plain":
+        raise ValueError(kind)
+    return session
+
+
+def check_session_path(kind: str, session: requests.Session, server: FaultServer) -> None:
+    """The requests went the way the session kind says: through the session's adapter, through
+    the proxy (absolute request targets), or neither."""
+    adapter = session.get_adapter("http://127.0.0.1/")
+    sent_by_adapter = adapter.sent if isinstance(adapter, OwnAdapter) else 0
+    absolute = [r for r in server.log if r.target.startswith("http://")]
+    assert server.log, "nothing reached the server"
+    if kind == "adapter":
+        assert sent_by_adapter >= 1
+    if kind == "proxy":
+        assert len(absolute) == len(server.log)
+    else:
+        assert absolute == []
+
+
 def fault_path(endpoint: str) -> str:
     """The path that misbehaves when ``endpoint`` is under test."""
     return FETCH if endpoint == "fetch" else META
@@ -547,15 +616,16 @@ def check_healthy(client: MoEngagePersonalize, endpoint: str) -> None:
         assert [c.experience_key for c in result.experiences] == [SERVED_KEY]
 
 
-WAYS = ("result", "callback")  # how a test waits: the first runs the call on its own thread
+WAYS = ("result", "callback")  # how a test waits for a Future (a worker runs the call either way)
 
 
 def timed_failure(
     future: Future[Any], started: float, how: str = "result"
 ) -> tuple[PersonalizeError, float]:
     """The error a Future failed with, and how long after ``started`` it completed. ``result``
-    waits in ``result()``, so the calling thread runs the call itself; ``callback`` waits for a
-    done-callback, so a worker runs it."""
+    blocks in ``result()`` (which runs the call on this thread); ``callback`` waits for a
+    done-callback (which hands it to a worker). Either way the Future is failed by the client's
+    deadline thread when the deadline passes first."""
     if how == "callback":
         done = threading.Event()
         ended: list[float] = []

@@ -15,6 +15,7 @@ from fault_servers import (
     EVENTS,
     EVENTS_THREAD,
     FETCH,
+    FUTURE_WAIT,
     META,
     Behaviour,
     FaultServer,
@@ -33,7 +34,12 @@ from fault_servers import (
     track,
 )
 
-from moengage_personalize import CircuitBreakerPolicy, ErrorCode, HTTPStatusError
+from moengage_personalize import (
+    CircuitBreakerPolicy,
+    ErrorCode,
+    HTTPStatusError,
+    PersonalizeError,
+)
 
 THRESHOLD = 5  # CircuitBreakerPolicy().failure_threshold
 FAST = 0.1  # a call refused by an open breaker completes within this (it is done at once)
@@ -165,6 +171,59 @@ def test_events_keep_their_own_back_off_while_the_breaker_is_open(
         err, _ = timed_failure(client.fetch_experiences_meta(), time.monotonic())
         assert "failing fast" in err.message
         assert client.stats().circuit_state == "open"
+    finally:
+        client.close(timeout=2)
+    assert threads_back_to(baseline)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("unexpected", [KeyboardInterrupt, RuntimeError])
+def test_a_half_open_trial_that_raises_something_unexpected_ends_the_trial(
+    unexpected: type[BaseException], endpoint: str, server: FaultServer, short_sleeps: ShortSleeps
+) -> None:
+    """A 401 opens the breaker; after the cool-down (0.2 s) the trial call is interrupted by
+    something that is no PersonalizeError (the client's own transport replaced, on the instance,
+    by one that raises once). That trial said nothing of the service: it fails (UNKNOWN, caused
+    by what was raised) without a request, and the next call is not failed fast as "the circuit
+    breaker is open" but becomes the trial, reaches the healed server and closes the breaker."""
+    baseline = client_side_threads()
+    server.always(fault_path(endpoint), status(401))
+    client = make_client(
+        server.base_url, short_sleeps, circuit_breaker=CircuitBreakerPolicy(cool_down=0.2)
+    )
+    try:
+        first, _ = timed_failure(call(client, endpoint), time.monotonic())
+        opened_by = time.monotonic()
+        assert (first.code, first.status_code) == (ErrorCode.HTTP_ERROR, 401)
+        assert "failing fast" in timed_failure(call(client, endpoint), time.monotonic())[0].message
+        server.heal()
+        time.sleep(max(0.0, 0.25 - (time.monotonic() - opened_by)))
+        assert client.stats().circuit_state == "half_open"
+
+        transport = client._core._transport
+
+        def interrupted(*_args: object, **_kwargs: object) -> None:
+            del transport.request  # once: the class's own method again
+            raise unexpected("the trial was interrupted")
+
+        transport.request = interrupted  # type: ignore[method-assign]
+        sent = requests_sent(server)
+        trial = call(client, endpoint)
+        if unexpected is KeyboardInterrupt:  # on the caller's own thread: the caller's to handle
+            with pytest.raises(KeyboardInterrupt):
+                trial.result(FUTURE_WAIT)
+            err = trial.exception(0)
+            assert isinstance(err, PersonalizeError)
+        else:
+            err, _ = timed_failure(trial, time.monotonic())
+        assert err.code is ErrorCode.UNKNOWN, repr(err)
+        assert isinstance(err.__cause__, unexpected)
+        assert requests_sent(server) == sent
+        assert client.stats().circuit_state == "half_open"
+
+        check_healthy(client, endpoint)  # not "failing fast": the trial reaches the server
+        assert requests_sent(server) > sent
+        assert client.stats().circuit_state == "closed"
     finally:
         client.close(timeout=2)
     assert threads_back_to(baseline)

@@ -35,7 +35,7 @@ from fault_servers import (
 )
 
 import moengage_personalize._events as events_module
-from moengage_personalize import FlushReport
+from moengage_personalize import FlushReport, RetryPolicy
 
 from support import wait_for
 
@@ -88,9 +88,12 @@ def test_events_back_off_exponentially_up_to_the_cap(
     server: FaultServer, short_sleeps: ShortSleeps
 ) -> None:
     """A storm of 503s: the event pipeline waits 0.25 s * 2**n (jittered to half of it at least),
-    capped at event_retry_max_backoff, between attempts, then delivers."""
+    capped at event_retry.max_backoff, between attempts, then delivers."""
     server.script(EVENTS, [status(503)] * 10)
-    with make_client(server.base_url, short_sleeps, event_retry_max_backoff=2.0) as client:
+    retry = RetryPolicy(
+        max_attempts=None, initial_backoff=0.25, max_backoff=2.0, max_retry_after=60.0
+    )
+    with make_client(server.base_url, short_sleeps, event_retry=retry) as client:
         ids = track(client, N_EVENTS)
         assert_all_delivered(client.flush(timeout=5))
         waits = short_sleeps.on(EVENTS_THREAD)
@@ -118,11 +121,11 @@ def test_events_429_waits_what_retry_after_says(
     assert_every_event_arrived(server, ids)
 
 
-def test_events_retry_after_is_capped_by_event_retry_max_backoff(
+def test_events_retry_after_is_capped_by_max_retry_after(
     server: FaultServer, short_sleeps: ShortSleeps
 ) -> None:
     """A 429 asking for an hour (Retry-After: 3600) does not stop delivery for an hour: the wait
-    is capped at event_retry_max_backoff (60 s by default)."""
+    is capped at event_retry.max_retry_after (60 s by default)."""
     server.script(EVENTS, [status(429, {"Retry-After": "3600"})])
     with make_client(server.base_url, short_sleeps) as client:
         track(client, N_EVENTS)
