@@ -139,11 +139,12 @@ class Watchdog:
         self._wake_at = math.inf  # when the thread next wakes by itself; -inf while awake
 
     def watch(self, deadline: Deadline) -> bool:
-        """Expire ``deadline`` when it passes; False once stopped (then nobody will)."""
+        """Expire ``deadline`` when it passes; False once stopped, or when the thread cannot be
+        started (interpreter exit): then nobody will, and the caller bounds its reads itself."""
         if self._stopped:
             return False
-        if self._thread is None:
-            self._start()
+        if self._thread is None and not self._start():
+            return False
         due = deadline.start_at if deadline.on_start is not None else deadline.at
         self._inbox.append((due, next(self._seq), deadline))
         self._last_watch = deadline.at - deadline.budget
@@ -153,13 +154,18 @@ class Watchdog:
         deadline.watched = not self._stopped
         return deadline.watched
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
         with self._cond:
             if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(
+                thread = threading.Thread(
                     target=self._run, name="moengage-personalize-deadline", daemon=True
                 )
-                self._thread.start()
+                try:
+                    thread.start()
+                except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                    return False
+                self._thread = thread
+            return self._thread is not None
 
     def stop(self, timeout: float) -> None:
         with self._cond:

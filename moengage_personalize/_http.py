@@ -273,7 +273,11 @@ def _connect_by(conn: http.client.HTTPConnection, deadline: Deadline) -> None:
         finally:
             done.set()
 
-    threading.Thread(target=connect, name="moengage-personalize-connect", daemon=True).start()
+    try:
+        threading.Thread(target=connect, name="moengage-personalize-connect", daemon=True).start()
+    except RuntimeError:  # interpreter exit: no new threads; connect here (bounded by timeout)
+        conn.connect()
+        return
     if not done.wait(max(deadline.remaining(), 0.0)):
         conn.close()  # whatever the connect opens later is dropped with the connection
         raise TimeoutError("connecting did not finish before the deadline")
