@@ -2,8 +2,8 @@
 
 * statistics of nanosecond samples: :func:`percentile`, :func:`median`, :func:`latency_us`,
   :func:`add_ratios`;
-* :func:`run_interleaved` -- warm-up, then rounds of zero-argument calls in a rotating order,
-  each call timed with ``perf_counter_ns``;
+* :func:`run_interleaved` -- warm-up, then rounds of zero-argument calls in a random order per
+  round, each call timed with ``perf_counter_ns``;
 * :class:`StubServer` -- a stub server script (``_stub_server.py`` or ``peers/_peer_stub.py``) in
   a subprocess on an ephemeral loopback port, stopped at the end, also on errors;
   :func:`first_line` reads a subprocess's first line of stdout, with a timeout;
@@ -20,6 +20,7 @@ import gc
 import json
 import os
 import platform
+import random
 import selectors
 import subprocess
 import sys
@@ -89,8 +90,11 @@ def add_ratios(stats: dict[str, dict[str, float]], baseline: str) -> dict[str, d
 def run_interleaved(
     calls: dict[str, Callable[[], Any]], rounds: int, warmup: int
 ) -> dict[str, list[int]]:
-    """``warmup`` untimed calls of each, then ``rounds`` rounds of one timed call each, in an
-    order rotating per round; the nanoseconds of every call by name."""
+    """``warmup`` untimed calls of each, then ``rounds`` rounds of one timed call each, in a
+    new random order every round (seeded: the same orders every run); the nanoseconds of every
+    call by name. A rotating order would keep the cyclic order, so each contender would always
+    follow the same one, and a call pays for what the one before it left behind (a garbage
+    collection due, a server still busy): 25-45 us on loopback, measured."""
     names = list(calls)
     for _ in range(warmup):
         for name in names:
@@ -98,9 +102,11 @@ def run_interleaved(
     gc.collect()
     samples: dict[str, list[int]] = {name: [] for name in names}
     clock = time.perf_counter_ns
-    for i in range(rounds):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
+    shuffle = random.Random(20261204).shuffle
+    order = list(names)
+    for _ in range(rounds):
+        shuffle(order)
+        for name in order:
             call = calls[name]
             start = clock()
             call()

@@ -10,7 +10,7 @@ server, which runs in a subprocess bound to 127.0.0.1 on an ephemeral port (``_s
 * ``sdk``      -- ``MoEngagePersonalize(...).fetch_experience(...).result()`` with warm metadata
   (the Future, the worker thread, the deadline bookkeeping, retries wrapper, parsing, models).
 
-Each contender is warmed up, then every round runs each once, in an order rotating per round,
+Each contender is warmed up, then every round runs each once, in a new random order every round,
 timed with ``time.perf_counter_ns``. Reported: median and p99 in microseconds, and each median as
 a ratio of the ``requests`` median. Issue #2's target: ``sdk`` median <= 0.6 x ``requests``.
 

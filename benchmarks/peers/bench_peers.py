@@ -7,7 +7,8 @@ are about the same size); every contender's answer is checked before measuring, 
 timed on an error path. Every peer SDK's base URL is pointed at the stub: no name is resolved,
 nothing leaves the machine, and telemetry, polling and streaming are off where the SDK allows.
 
-1. **fetch** -- interleaved rounds (rotating order), each call timed with ``perf_counter_ns``:
+1. **fetch** -- interleaved rounds (a random order per round), each call timed with
+   ``perf_counter_ns``:
 
    * ``requests``   -- the naive way: one reused ``requests.Session().post(url, json=body)
      .json()`` with our request (ratio 1.00);
