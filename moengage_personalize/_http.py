@@ -3,7 +3,7 @@
 ``Transport.request`` sends a JSON request with retries (``_retry``, loaded on the first failure)
 and returns the decoded JSON answer; ``Transport.send_once`` makes one attempt for callers with
 retry rules of their own (events). Everything ``http.client``, ``ssl``, ``socket`` or ``requests``
-may raise becomes a :class:`PersonalizeError` in :func:`_failure`, the one error boundary.
+may raise becomes a :class:`PersonalizeError` in ``_failures``, the one error boundary.
 
 Two ways to the service, chosen once per client:
 
@@ -25,32 +25,22 @@ configured for it).
 from __future__ import annotations
 
 import base64
-import collections
 import http.client
 import json
-import os
-import select
-import socket
 import ssl
 import sys
-import threading
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from ._config import PersonalizeConfig
+from ._connections import Connection, Pool, TLSConnection, connect_by, tls_context
 from ._deadline import Deadline
+from ._failures import deadline_error, failure, status_error
 from ._resilience import Counter, warn_once
 from ._version import __version__
-from .exceptions import (
-    DeadlineExceededError,
-    ErrorCode,
-    HTTPStatusError,
-    NetworkError,
-    ParseError,
-    PersonalizeError,
-)
+from .exceptions import ParseError, PersonalizeError
 
 if TYPE_CHECKING:
     import requests
@@ -60,7 +50,6 @@ USER_AGENT = (
     f"moengage-personalize-python/{__version__} "
     f"({sys.implementation.name} {'.'.join(map(str, sys.version_info[:3]))})"
 )
-_REQUEST_ID_HEADERS = ("x-request-id", "x-moe-request-id", "x-amzn-requestid", "request-id")
 _CHUNK = 64 * 1024
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -174,140 +163,6 @@ class Answer:
         self.body = body
 
 
-class _OneSend:
-    """A connection that sends a request's header block and body together: one system call,
-    one TCP segment, one read at the server. ``gather()`` holds what ``send`` gets until
-    ``send_gathered(body)``; if ``endheaders`` sent its block some other way, the body simply
-    follows it."""
-
-    _gathered: list[bytes] | None = None
-
-    def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
-        # reads and writes block without a timeout: the call's Deadline shuts the socket down
-        self.sock.settimeout(None)  # type: ignore[attr-defined]
-
-    def gather(self) -> None:
-        self._gathered = []
-
-    def send(self, data: Any) -> None:
-        gathered = self._gathered
-        if gathered is not None and isinstance(data, bytes):
-            gathered.append(data)
-        else:
-            super().send(data)  # type: ignore[misc]
-
-    def send_gathered(self, body: bytes | None) -> None:
-        gathered, self._gathered = self._gathered or [], None
-        if body:
-            gathered.append(body)
-        if gathered:
-            super().send(b"".join(gathered))  # type: ignore[misc]
-
-
-class _Connection(_OneSend, http.client.HTTPConnection):
-    pass
-
-
-class _TLSConnection(_OneSend, http.client.HTTPSConnection):
-    pass
-
-
-def _dropped(conn: http.client.HTTPConnection) -> bool:
-    """Whether an idle pooled connection is unusable: closed by the server, or holding bytes
-    nobody asked for (a stray answer must never reach the next request)."""
-    sock = conn.sock
-    if sock is None:
-        return False  # closed by http.client: the next request opens a new one
-    try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
-
-
-class _Pool:
-    """Idle connections to the base URL's host, most recently used first. ``take`` and ``give``
-    need no lock: a deque's ``pop`` and ``append`` are atomic."""
-
-    def __init__(self, connect: Callable[[], http.client.HTTPConnection], size: int) -> None:
-        self._connect = connect
-        self._size = size
-        self._idle: collections.deque[http.client.HTTPConnection] = collections.deque()
-
-    def take(self) -> http.client.HTTPConnection:
-        while True:
-            try:
-                conn = self._idle.pop()
-            except IndexError:
-                return self._connect()
-            if not _dropped(conn):
-                return conn
-            conn.close()
-
-    def give(self, conn: http.client.HTTPConnection) -> None:
-        if len(self._idle) < self._size:
-            self._idle.append(conn)
-        else:
-            conn.close()
-
-    def close(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
-
-
-def _connect_by(conn: http.client.HTTPConnection, deadline: Deadline) -> None:
-    """Connect ``conn`` on a thread of its own, waiting at most until the deadline: the caller's
-    own thread must never be held past it by a name look-up, which nothing can interrupt."""
-    done = threading.Event()
-    failed: list[BaseException] = []
-
-    def connect() -> None:
-        try:
-            conn.connect()
-        except BaseException as exc:  # handed to the waiting caller
-            failed.append(exc)
-        finally:
-            done.set()
-
-    try:
-        threading.Thread(target=connect, name="moengage-personalize-connect", daemon=True).start()
-    except RuntimeError:  # interpreter exit: no new threads; connect here (bounded by timeout)
-        conn.connect()
-        return
-    if not done.wait(max(deadline.remaining(), 0.0)):
-        conn.close()  # whatever the connect opens later is dropped with the connection
-        raise TimeoutError("connecting did not finish before the deadline")
-    if failed:
-        raise failed[0]
-
-
-def _tls_context(verify: Any, cert: Any) -> ssl.SSLContext:
-    """An SSL context with requests' meaning of ``verify`` and ``cert``."""
-    if verify is False:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif isinstance(verify, str) and verify:
-        if os.path.isdir(verify):
-            context = ssl.create_default_context(capath=verify)
-        else:
-            context = ssl.create_default_context(cafile=verify)
-    else:
-        import certifi
-
-        context = ssl.create_default_context(cafile=certifi.where())
-    if cert:
-        if isinstance(cert, str):
-            context.load_cert_chain(cert)
-        else:
-            context.load_cert_chain(cert[0], cert[1])
-    return context
-
-
 class Transport:
     """Sends requests to one base URL with the client's credentials. Thread-safe."""
 
@@ -384,15 +239,15 @@ class Transport:
         stop it (the direct path shuts its socket; requests' sockets cannot be shut)."""
         return self._adapter is None
 
-    def _new_pool(self) -> _Pool:
-        return _Pool(self._new_connection, self._pool_size)
+    def _new_pool(self) -> Pool:
+        return Pool(self._new_connection, self._pool_size)
 
     def _new_connection(self) -> http.client.HTTPConnection:
         if not self._tls:
-            return _Connection(self._host, self._port)
+            return Connection(self._host, self._port)
         if self._context is None:  # built on first use: loading CA certificates takes a while
-            self._context = _tls_context(self._verify, self._cert)
-        return _TLSConnection(self._host, self._port, context=self._context)
+            self._context = tls_context(self._verify, self._cert)
+        return TLSConnection(self._host, self._port, context=self._context)
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url}>"
@@ -441,9 +296,9 @@ class Transport:
 
     def _attempt(self, request: Request) -> Any:
         if request.deadline.remaining() <= 0:
-            raise _deadline_error(request)
+            raise deadline_error(request)
         self.requests.add()
-        failure: PersonalizeError | None = None
+        mapped: PersonalizeError | None = None
         try:
             if self._adapter is None:
                 answer = self._exchange(request)
@@ -452,9 +307,9 @@ class Transport:
         except PersonalizeError:
             raise
         except Exception as exc:
-            failure = _failure(exc, request, self.base_url)
-        if failure is not None:  # raised outside the except: no traceback of the cause's frames
-            raise failure
+            mapped = failure(exc, request, self.base_url)
+        if mapped is not None:  # raised outside the except: no traceback of the cause's frames
+            raise mapped
         if 200 <= answer.status < 300:
             if not request.expect_json:
                 return None
@@ -466,7 +321,7 @@ class Transport:
                     f"the {request.what} answer is not JSON ({ctype}, {len(answer.body)} bytes)"
                 )
             raise error
-        raise _status_error(answer, request.what)
+        raise status_error(answer, request.what)
 
     # direct: http.client ----------------------------------------------------------------------
 
@@ -476,17 +331,17 @@ class Transport:
         conn = self._pool.take()
         if not deadline.attach(conn):
             self._pool.give(conn)
-            raise _deadline_error(request)
+            raise deadline_error(request)
         try:
             left = max(deadline.remaining(), 0.001)
             conn.timeout = left  # for a connect, if one is needed
             if conn.sock is None:
                 if deadline.here:
-                    _connect_by(conn, deadline)
+                    connect_by(conn, deadline)
                 else:
                     conn.connect()
                 if deadline.expired:  # passed during the connect (a name look-up cannot be
-                    raise _deadline_error(request)  # stopped): nobody could shut this socket
+                    raise deadline_error(request)  # stopped): nobody could shut this socket
             if not deadline.watched:  # nobody will shut the socket: each read gets a timeout
                 conn.sock.settimeout(left)
             body = request.body
@@ -596,7 +451,7 @@ class Transport:
             total = 0
             for chunk in pieces:
                 if request.deadline.remaining() <= 0:
-                    raise _deadline_error(request)
+                    raise deadline_error(request)
                 total += len(chunk)
                 if total > self._max_bytes:
                     raise self._too_big(request)
@@ -610,131 +465,3 @@ class Transport:
 
 def _token(app_id: str, api_key: str) -> str:
     return base64.b64encode(f"{app_id}:{api_key}".encode()).decode("ascii")
-
-
-def _deadline_error(request: Request) -> DeadlineExceededError:
-    return DeadlineExceededError(
-        f"{request.what} did not complete within {request.deadline.describe()}"
-    )
-
-
-def _failure(exc: Exception, request: Request, base_url: str) -> PersonalizeError:
-    """THE boundary: a dependency's exception becomes a PersonalizeError. Its cause is a copy
-    without a traceback: the frames of http.client hold the request's header block."""
-    error = _classify(exc, request, base_url)
-    error.__cause__ = _scrubbed(exc)
-    return error
-
-
-def _classify(exc: Exception, request: Request, base_url: str) -> PersonalizeError:
-    where = f"{request.what} ({request.method} {base_url}{request.path})"
-    if request.deadline.expired:
-        return _deadline_error(request)
-    if _caused_by(exc, socket.gaierror):
-        host = urlsplit(base_url).hostname
-        return NetworkError(f"{where}: host name {host!r} could not be resolved")
-    if _caused_by(exc, ConnectionRefusedError):
-        return NetworkError(f"{where}: connection refused")
-    requests = sys.modules.get("requests")
-    timed_out = _caused_by(exc, TimeoutError) or (
-        requests is not None and isinstance(exc, requests.Timeout)
-    )
-    if timed_out:
-        if request.deadline.remaining() <= 0.005:
-            return _deadline_error(request)
-        connect = requests is not None and isinstance(exc, requests.ConnectTimeout)
-        return NetworkError(
-            f"{where}: {'connect' if connect or requests is None else 'read'} timed out"
-        )
-    if _caused_by(exc, ssl.SSLError) or _caused_by(exc, ssl.CertificateError):
-        return NetworkError(f"{where}: TLS failed: {_short(exc)}")
-    if _caused_by(exc, http.client.RemoteDisconnected):  # (a ConnectionResetError too)
-        return NetworkError(f"{where}: the server closed the connection without answering")
-    if _caused_by(exc, ConnectionResetError) or _caused_by(exc, BrokenPipeError):
-        return NetworkError(f"{where}: connection reset by the server")
-    if isinstance(exc, http.client.IncompleteRead):
-        return NetworkError(f"{where}: the connection broke before the whole answer came")
-    if isinstance(exc, http.client.HTTPException):
-        return NetworkError(f"{where}: the answer is not valid HTTP: {_short(exc)}")
-    if requests is not None and isinstance(exc, requests.exceptions.ContentDecodingError):
-        return ParseError(f"{where}: the answer could not be decoded: {_short(exc)}")
-    if isinstance(exc, OSError) or (
-        requests is not None and isinstance(exc, requests.RequestException)
-    ):
-        return NetworkError(f"{where}: connection failed: {_short(exc)}")
-    return PersonalizeError(
-        f"{where} failed unexpectedly: {type(exc).__name__}: {_short(exc)}",
-        code=ErrorCode.UNKNOWN,
-    )
-
-
-def _scrubbed(exc: BaseException) -> BaseException:
-    """The same kind of exception with the same message, and no traceback."""
-    args = tuple(_short(a) if isinstance(a, BaseException) else a for a in exc.args)
-    try:  # (an exception among the args keeps its own frames: only its text is kept)
-        copy = type(exc)(*args)
-    except Exception:
-        copy = RuntimeError(f"{type(exc).__name__}: {_short(exc)}")
-    copy.__traceback__ = None
-    return copy
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        item = stack.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, kind):
-            return True
-        stack.extend((item.__cause__, item.__context__))
-        stack.extend(a for a in item.args if isinstance(a, BaseException))
-        reason = getattr(item, "reason", None)
-        if isinstance(reason, BaseException):
-            stack.append(reason)
-    return False
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _status_error(answer: Answer, what: str) -> HTTPStatusError:
-    from ._retry import retry_after
-
-    status = answer.status
-    envelope: Mapping[str, Any] = {}
-    try:
-        decoded = json.loads(answer.body) if answer.body else {}
-        if isinstance(decoded, dict):
-            envelope = decoded
-    except (ValueError, RecursionError):
-        pass
-    title = _str_or_none(envelope.get("title"))
-    description = _str_or_none(envelope.get("description"))
-    headers = answer.headers
-    request_id = next((headers[h] for h in _REQUEST_ID_HEADERS if h in headers), None)
-    if status == 403:
-        code = ErrorCode.FEATURE_DISABLED
-    elif status >= 500:
-        code = ErrorCode.UNKNOWN_SERVER_ERROR
-    else:
-        code = ErrorCode.HTTP_ERROR
-    summary = ": ".join(p for p in (title, description) if p) or (answer.reason or "no details")
-    return HTTPStatusError(
-        f"{what} answered HTTP {status}: {summary}",
-        code=code,
-        status_code=status,
-        title=title,
-        description=description,
-        service_code=_str_or_none(envelope.get("code")),
-        request_id=request_id,
-        retry_after=retry_after(headers) if status in (429, 503) else None,
-    )
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
