@@ -34,7 +34,7 @@ from fault_servers import (
     trickle,
 )
 
-import moengage_personalize._events as events_module
+import moengage_personalize._event_sender as events_module
 from moengage_personalize import FlushReport, RetryPolicy
 
 from support import wait_for
