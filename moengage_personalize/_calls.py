@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
@@ -113,7 +114,7 @@ class _Pending(Future[T]):
 
     def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         call = self.call
-        if call is not None:
+        if call is not None and call.deadline is not None:  # (a follower waits for its leader)
             call.submit()
         super().add_done_callback(fn)
 
@@ -122,9 +123,10 @@ class _Pending(Future[T]):
         if call is None:
             return
         deadline = call.deadline
+        if deadline is None:  # a follower: it completes from the call it joined
+            return
         if (
-            deadline is None
-            or not call.calls.inline
+            not call.calls.inline
             or (timeout is not None and timeout < deadline.remaining())
             or getattr(_watchdog_thread, "active", False)
         ):
@@ -144,6 +146,7 @@ class _Call:
         "fn",
         "future",
         "key",
+        "made",
         "submitted",
         "what",
     )
@@ -161,6 +164,7 @@ class _Call:
         self.fn = fn
         self.args = args
         self.key = key
+        self.made = time.monotonic()  # the deadline counts from here, followers' too
         self.future: _Pending[Any] = _Pending(self)
         self.deadline: Deadline | None = None
         self.claim = threading.Lock()  # taken by the one thread that runs the call
@@ -212,7 +216,13 @@ class Calls:
         return call.future
 
     def _launch(self, call: _Call) -> None:
-        deadline = call.deadline = Deadline(self._timeout, on_expire=lambda: self._expired(call))
+        spent = time.monotonic() - call.made  # (a follower run after all: partly spent)
+        if spent >= self._timeout:
+            self._expired(call)
+            return
+        deadline = call.deadline = Deadline(
+            self._timeout, on_expire=lambda: self._expired(call), spent=spent
+        )
         deadline.start_by(START_AFTER, call.submit)
         self._live.add(call)
         if not self.watchdog.watch(deadline):
@@ -230,7 +240,8 @@ class Calls:
 
         def adopt(done: Future[Any]) -> None:
             if done.cancelled():
-                follower.key = None  # run on its own
+                follower.key = None  # run on its own, within what is left of its deadline
+                follower.submitted = False
                 self._launch(follower)
             elif done.exception() is not None:
                 settle(follower.future, error=done.exception())
@@ -246,6 +257,9 @@ class Calls:
         assert deadline is not None
         deadline.here = here
         future = call.future
+        if future.done():  # failed (the deadline passed, the client closed) while queued
+            self._end(call, None)
+            return
         try:
             if not future.set_running_or_notify_cancel():
                 self._end(call, None)
@@ -296,17 +310,23 @@ class Calls:
     def close(self, timeout: float) -> None:
         """Fail the calls not started yet at once, give those running ``timeout`` seconds, then
         fail them too (their sockets shut), and stop the watchdog."""
+        end = time.monotonic() + timeout
         live = list(self._live)
         for call in live:
             if not call.future.running():
                 self._end(call, ClientClosedError("the client was closed before the call ran"))
         wait_futures([call.future for call in live], timeout=timeout)
-        for call in live:
+        for call in list(self._live):  # their errors say "closed", not "deadline"
+            if call.deadline is not None:
+                call.deadline.on_expire = None
+        # the watchdog stops first (it shuts what it still held: events sends, refreshes), so
+        # that a call started meanwhile is in the last look at the live calls below
+        self.watchdog.stop(timeout=max(0.0, end - time.monotonic()))
+        for call in list(self._live):
             if not call.future.done() and call.deadline is not None:
                 call.deadline.on_expire = None
-                call.deadline.expire()  # frees the thread running it
+                call.deadline.stop()  # frees the thread running it
             self._end(call, ClientClosedError("the client was closed while the call ran"))
-        self.watchdog.stop(timeout=timeout)
 
     def orphans(self) -> list[Future[Any]]:
         """In a forked child: the parent's calls (their threads did not survive the fork)."""

@@ -324,7 +324,7 @@ class MoEngagePersonalize(TrackingCalls):
             self._transport.inline,
         )
         self._transport.after_fork()
-        self._core.after_fork()
+        self._core.after_fork(self._calls.watchdog.watch)
         self._events = self._events.after_fork(self._calls.watchdog.watch)
         if parents:  # the parent's calls are the parent's: fail them here, on a thread of
             # their own (a lock of theirs may have been held by a thread that is gone)

@@ -107,8 +107,10 @@ class Core:
         self.cache_misses = Counter()
         self.stale_served = Counter()
 
-    def after_fork(self) -> None:
-        """In a forked child: locks and in-flight state of the parent's threads are void."""
+    def after_fork(self, watch: Callable[[Deadline], bool]) -> None:
+        """In a forked child: locks and in-flight state of the parent's threads are void, and
+        deadlines go to the child's own watchdog."""
+        self._watch = watch
         self._lock = threading.Lock()
         self._refreshing = False
         self._flights.reset()
@@ -172,7 +174,7 @@ class Core:
 
     def _refresh(self) -> None:
         deadline = Deadline(self._config.timeout)
-        self._watch(deadline)
+        self._watch(deadline)  # (unwatched when closing: the transport then bounds each read)
         try:
             self._flights.do("metadata", lambda: self._load_meta(deadline), deadline)
         except PersonalizeError as exc:

@@ -16,6 +16,7 @@ import heapq
 import itertools
 import logging
 import math
+import queue
 import socket
 import threading
 import time
@@ -32,8 +33,8 @@ class Deadline:
     """
 
     __slots__ = (
-        "_conn",
         "_lock",
+        "_sock",
         "at",
         "budget",
         "done",
@@ -51,8 +52,9 @@ class Deadline:
         budget: float,
         name: str = "config.timeout",
         on_expire: Callable[[], None] | None = None,
+        spent: float = 0.0,
     ) -> None:
-        self.at = time.monotonic() + budget
+        self.at = time.monotonic() + budget - spent  # ``spent``: of the budget, already gone
         self.budget = budget
         self.name = name
         self.on_expire = on_expire
@@ -63,13 +65,14 @@ class Deadline:
         self.watched = False  # a watchdog will expire it (else reads need timeouts of their own)
         self.here = False  # the call runs on the thread waiting for it: a connect there waits
         # at most until the deadline (a name look-up cannot be interrupted; a worker may wait)
-        self._conn: Any = None  # an http.client connection, while the call uses it
+        self._sock: Any = None  # the socket the call is using (kept even when http.client hands
+        # it to a response that closes the connection)
         self._lock = threading.Lock()
 
     def start_by(self, delay: float, on_start: Callable[[], None]) -> None:
         """Also run ``on_start`` (on the watchdog's thread) ``delay`` seconds from now unless
         the call ended or :meth:`started` was called by then; set before :meth:`Watchdog.watch`."""
-        self.start_at = self.at - self.budget + delay
+        self.start_at = time.monotonic() + delay
         self.on_start = on_start
 
     def started(self) -> None:
@@ -81,29 +84,33 @@ class Deadline:
     def describe(self) -> str:
         return f"its deadline of {self.budget:g} s ({self.name})"
 
-    def attach(self, conn: Any) -> bool:
-        """``conn`` carries the call from now on; False if the deadline passed already."""
+    def attach(self, sock: Any) -> bool:
+        """``sock`` carries the call from now on; False if the deadline passed already."""
         with self._lock:
             if self.expired:
                 return False
-            self._conn = conn
+            self._sock = sock
             return True
 
     def detach(self) -> None:
-        """The call is done with its connection (before the connection serves anybody else)."""
+        """The call is done with its socket (before its connection serves anybody else)."""
         with self._lock:
-            self._conn = None
+            self._sock = None
 
-    def expire(self) -> None:
-        """Stop the call: shut its socket down (never raises), then run ``on_expire``."""
+    def stop(self) -> None:
+        """Shut the call's socket down (never raises): its thread returns at once."""
         with self._lock:
             self.expired = True
-            sock = getattr(self._conn, "sock", None)
+            sock = self._sock
             if sock is not None:
                 # socket.socket's own shutdown: an SSLSocket's would drop its TLS state under
                 # the reading thread's feet; closed meanwhile: nothing left to stop
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def expire(self) -> None:
+        """:meth:`stop`, then run ``on_expire`` (once)."""
+        self.stop()
         callback = self.on_expire
         if callback is not None:
             self.on_expire = None
@@ -115,6 +122,11 @@ _Entry = tuple[float, int, Deadline]
 
 class Watchdog:
     """Expires deadlines on time, on a thread of its own (started with the first one).
+
+    The thread itself only shuts sockets down and starts calls nobody started (quick, and no code
+    of the app's): ``on_expire`` callbacks (which complete Futures, so they run the app's done
+    callbacks and ``on_error`` hook) run on a second thread, so that a callback that blocks, or
+    waits for another call, can never hold up a deadline.
 
     Callers never take its lock on the common path: :meth:`watch` appends to an inbox (atomic)
     and wakes the thread only when it would otherwise sleep past the new deadline. A call that
@@ -129,12 +141,14 @@ class Watchdog:
     def __init__(self, on_thread: Callable[[], None] | None = None, tick: float = math.inf) -> None:
         self._on_thread = on_thread  # runs first on the watchdog's own thread
         self._tick = tick
-        self._last_watch = -math.inf  # when the newest deadline was made
+        self._last_watch = -math.inf  # about when the newest call to start was made
         self._cond = threading.Condition(threading.Lock())
         self._inbox: collections.deque[_Entry] = collections.deque()
         self._heap: list[_Entry] = []  # the thread's own
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._completer: threading.Thread | None = None
+        self._completions: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._stopped = False
         self._wake_at = math.inf  # when the thread next wakes by itself; -inf while awake
 
@@ -147,7 +161,8 @@ class Watchdog:
             return False
         due = deadline.start_at if deadline.on_start is not None else deadline.at
         self._inbox.append((due, next(self._seq), deadline))
-        self._last_watch = deadline.at - deadline.budget
+        if deadline.on_start is not None:  # a call to start: tick while they keep coming
+            self._last_watch = deadline.start_at
         if self._wake_at > due:
             with self._cond:
                 self._cond.notify()
@@ -168,12 +183,52 @@ class Watchdog:
             return self._thread is not None
 
     def stop(self, timeout: float) -> None:
+        """Stop the thread (waiting at most ``timeout``), then expire, here and now, every
+        deadline it still held: no call is left with a socket nobody will shut."""
+        end = time.monotonic() + timeout
         with self._cond:
             self._stopped = True
             self._cond.notify()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            thread.join(max(0.0, end - time.monotonic()))
+        with self._cond:
+            left = [entry[2] for entry in (*self._heap, *self._inbox) if not entry[2].done]
+            self._heap.clear()
+            self._inbox.clear()
+        for deadline in left:
+            deadline.expire()
+        self._completions.put(None)  # ends the completer once it ran what is queued
+
+    def _complete(self) -> None:
+        """The completer thread: runs ``on_expire`` callbacks in order."""
+        while True:
+            callback = self._completions.get()
+            if callback is None:
+                return
+            try:
+                callback()
+            except Exception:  # a callback's bug must not end the others
+                log.exception("moengage-personalize: completing an expired call failed")
+
+    def _hand_over(self, deadline: Deadline) -> None:
+        """Shut ``deadline``'s socket now; its ``on_expire`` goes to the completer thread."""
+        deadline.stop()
+        callback = deadline.on_expire
+        if callback is None:
+            return
+        deadline.on_expire = None
+        if self._completer is None:
+            completer = threading.Thread(
+                target=self._complete, name="moengage-personalize-expire", daemon=True
+            )
+            try:
+                completer.start()
+            except RuntimeError:  # interpreter exit: run it here
+                callback()
+                return
+            self._completer = completer
+        self._completions.put(callback)
 
     def _run(self) -> None:
         if self._on_thread is not None:
@@ -221,9 +276,12 @@ class Watchdog:
                     self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
                 if self._stopped:
                     return True
-            for on_start in starting:  # outside the lock: callbacks may take a while
-                on_start()
-            for deadline in expired:
-                deadline.expire()
+            for deadline in expired:  # outside the lock
+                self._hand_over(deadline)
+            for on_start in starting:
+                try:
+                    on_start()
+                except Exception:  # (an injected executor's own error): the others go on
+                    log.exception("moengage-personalize: starting a call failed")
             expired.clear()
             starting.clear()

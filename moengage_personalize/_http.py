@@ -329,19 +329,18 @@ class Transport:
         deadline = request.deadline
         response: http.client.HTTPResponse | None = None
         conn = self._pool.take()
-        if not deadline.attach(conn):
-            self._pool.give(conn)
-            raise deadline_error(request)
         try:
             left = max(deadline.remaining(), 0.001)
-            conn.timeout = left  # for a connect, if one is needed
             if conn.sock is None:
+                conn.timeout = left  # bounds the connect (but not a name look-up)
                 if deadline.here:
                     connect_by(conn, deadline)
                 else:
                     conn.connect()
-                if deadline.expired:  # passed during the connect (a name look-up cannot be
-                    raise deadline_error(request)  # stopped): nobody could shut this socket
+            # the socket, not the connection: http.client hands it to an answer that closes
+            # the connection, and the deadline must still be able to shut it
+            if not deadline.attach(conn.sock):  # passed meanwhile (a look-up cannot be stopped)
+                raise deadline_error(request)
             if not deadline.watched:  # nobody will shut the socket: each read gets a timeout
                 conn.sock.settimeout(left)
             body = request.body
@@ -374,7 +373,8 @@ class Transport:
         decoded as it arrives, so a bomb stops at the cap, not after it is all read."""
         declared = self._check_declared(response.getheader("Content-Length"), request)
         encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
-        if declared is not None and encoding == "identity":
+        chunked = response.getheader("Transfer-Encoding") is not None  # then the length lies
+        if declared is not None and encoding == "identity" and not chunked:
             return response.read()  # at most the declared length (http.client checks it)
         decoder = None
         if encoding != "identity":

@@ -201,6 +201,11 @@ class SingleFlight:
                 call.result = fn()
             except PersonalizeError as exc:
                 call.error = exc
+            except BaseException as exc:  # interrupted (Ctrl-C, exit): the followers get an
+                call.error = PersonalizeError(  # error, the leader's thread the interrupt
+                    f"the request they waited for was interrupted ({type(exc).__name__})"
+                )
+                raise
             finally:
                 with self._lock:
                     del self._calls[key]
