@@ -355,6 +355,8 @@ class Transport:
             conn.send_gathered(body)  # type: ignore[attr-defined]
             response = conn.getresponse()
             content = self._read(response, request)
+            if deadline.expired:  # shut down mid-answer: what was read is cut short, whatever
+                raise deadline_error(request)  # http.client made of it
         except BaseException:
             deadline.detach()
             conn.close()  # in an unknown state: never reused
